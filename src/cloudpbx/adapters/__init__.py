@@ -1,0 +1,1 @@
+"""Implementations of the ports: PBX backends, SMS gateways, transcription engines."""

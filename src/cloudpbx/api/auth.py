@@ -1,0 +1,44 @@
+"""API keys at the edge: `Authorization: Bearer KEY` (and `?pbxkey=` on the WebSocket)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from cloudpbx.domain.errors import Unauthorized
+from cloudpbx.runtime import Runtime
+from cloudpbx.storage.tenants import Tenant
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def tenant_for_key(runtime: Runtime, key: str | None) -> Tenant:
+    if key is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'", code="missing_key")
+    tenant = await runtime.tenants.authenticate(key)
+    if tenant is None:
+        raise Unauthorized("invalid or revoked API key", code="invalid_key")
+    return tenant
+
+
+async def current_tenant(
+    request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+) -> Tenant:
+    return await tenant_for_key(runtime, bearer_token(request.headers.get("authorization")))
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

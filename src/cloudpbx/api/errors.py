@@ -1,0 +1,55 @@
+"""The one place where errors become HTTP answers.
+
+Client mistakes get `{"error": "<what is wrong>", "code": "<slug>"}` with a fitting status;
+the document's own plain-text answers (`Parameter is missing`, `Action Error`) are sent
+by their endpoints as documented.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from cloudpbx.api.responses import json_error
+from cloudpbx.domain.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
+        return json_error(exc.status, exc.message, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "query")
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return json_error(400, "; ".join(problems) or "invalid request", "invalid_parameter")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint"
+        return json_error(exc.status_code, message, code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return json_error(500, "internal server error", "internal")

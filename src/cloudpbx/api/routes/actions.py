@@ -1,0 +1,95 @@
+"""`/dial` and `/sendSMS`: what a client asks the PBX to do."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Form
+from starlette.responses import PlainTextResponse, Response
+
+from cloudpbx.api.auth import RuntimeDep, TenantDep
+from cloudpbx.api.responses import OrjsonResponse
+from cloudpbx.domain.errors import BadRequest
+from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+_EXTENSION = re.compile(r"\d{1,10}")
+_DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
+
+ACTION_ERROR = "Action Error"
+PARAMETER_MISSING = "Parameter is missing"
+
+
+@router.get(
+    "/dial",
+    tags=["actions"],
+    summary="Call cpa, then connect it to cpb",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"example": "OK"}}},
+        500: {"content": {"text/plain": {"example": ACTION_ERROR}}},
+    },
+)
+async def dial(
+    tenant: TenantDep, runtime: RuntimeDep, cpa: str | None = None, cpb: str | None = None
+) -> Response:
+    """`OK` once the PBX accepted the call, `Action Error` (500) when it did not.
+
+    The `X-Originate-Id` header names the attempt, for matching the PBX's logs.
+    """
+    for name, value in (("cpa", cpa), ("cpb", cpb)):
+        if value is None or value == "":
+            raise BadRequest(f"{name} is required", code="missing_parameter")
+    assert cpa is not None and cpb is not None
+    if not _EXTENSION.fullmatch(cpa):
+        raise BadRequest(
+            f"cpa must be an extension number (digits), got {cpa!r}", code="invalid_cpa"
+        )
+    if not _DIALABLE.fullmatch(cpb):
+        raise BadRequest(
+            f"cpb must be a dialable number (digits, *, #, leading +), got {cpb!r}",
+            code="invalid_cpb",
+        )
+    backend = runtime.backend_for(tenant)
+    if backend is None:
+        log.warning("dial on %s refused: no PBX backend serves it", tenant.name)
+        return PlainTextResponse(ACTION_ERROR, status_code=500)
+    if not backend.is_extension(tenant.name, cpa):
+        log.info("dial on %s refused: %s is not an extension", tenant.name, cpa)
+        return PlainTextResponse(ACTION_ERROR, status_code=500)
+    result = await backend.originate(tenant.name, cpa, cpb)
+    headers = {"X-Originate-Id": result.reference} if result.reference else None
+    if not result.accepted:
+        log.info("dial %s→%s on %s refused by PBX: %s", cpa, cpb, tenant.name, result.message)
+        return PlainTextResponse(ACTION_ERROR, status_code=500, headers=headers)
+    return PlainTextResponse("OK", headers=headers)
+
+
+@router.post(
+    "/sendSMS",
+    tags=["actions"],
+    summary="Send an SMS through the PBX's gateway",
+    responses={
+        200: {"content": {"application/json": {}}},
+        400: {"content": {"text/plain": {"example": PARAMETER_MISSING}}},
+        403: {"description": "the PBX has no SMS gateway"},
+        500: {"description": "gateway failure; responseErrorMessage says why"},
+    },
+)
+async def send_sms(
+    tenant: TenantDep,
+    runtime: RuntimeDep,
+    to: Annotated[str | None, Form()] = None,
+    body: Annotated[str | None, Form()] = None,
+    test: Annotated[str | None, Form()] = None,
+) -> Response:
+    runtime.sms.gateway_for(tenant)
+    recipient = normalize_recipient(to) if to else None
+    if recipient is None or not body or len(body) > MAX_BODY:
+        return PlainTextResponse(PARAMETER_MISSING, status_code=400)
+    outcome = await runtime.sms.send(tenant, recipient, body, is_test_flag(test))
+    return OrjsonResponse(outcome.body(), status_code=500 if outcome.error else 200)

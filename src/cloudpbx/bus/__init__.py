@@ -1,0 +1,1 @@
+"""Event bus implementations (see cloudpbx.ports.bus)."""

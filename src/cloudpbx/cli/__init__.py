@@ -1,0 +1,1 @@
+"""The `cloudpbx` command."""

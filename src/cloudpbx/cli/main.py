@@ -1,0 +1,235 @@
+"""`cloudpbx`: serve, demo, tenants and keys, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cloudpbx.domain.errors import ApiError
+from cloudpbx.runtime import build_runtime
+from cloudpbx.settings import Settings, load_settings
+
+app = typer.Typer(help="CloudPBX API server.", no_args_is_help=True, add_completion=False)
+pbx_app = typer.Typer(help="PBXes (tenants).", no_args_is_help=True)
+key_app = typer.Typer(help="API keys: printed once, stored hashed.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(pbx_app, name="pbx")
+app.add_typer(key_app, name="key")
+app.add_typer(db_app, name="db")
+
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (also CLOUDPBX_CONFIG)", exists=True),
+]
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="Data folder (SQLite file, recordings)")
+]
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: SQLite in --data)")
+]
+
+
+def _settings(
+    config: Path | None, data: Path | None = None, database: str | None = None, **extra: object
+) -> Settings:
+    return load_settings(config, data_dir=data, database_url=database, **extra)
+
+
+def _run(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
+    """Run one store action against a migrated database; client errors exit 1 with a message."""
+
+    async def main() -> T:
+        runtime = build_runtime(settings)
+        try:
+            await runtime.migrate()
+            return await action(runtime)
+        finally:
+            await runtime.engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except ApiError as exc:
+        errors.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+) -> None:
+    """Run the API server with the backends named in the configuration."""
+    from cloudpbx.server import serve as serve_forever
+
+    settings = _settings(config, data, database_url, host=host, port=port)
+    _logging(settings.log_level)
+    asyncio.run(serve_forever(settings))
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port")] = 8080,
+    key: Annotated[str | None, typer.Option(help="Use this API key instead of a new one")] = None,
+    data: Annotated[Path, typer.Option(help="Data folder")] = Path("cloudpbx-data"),
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated PBX")] = None,
+    rate: Annotated[float, typer.Option(help="New simulated calls per second")] = 0.5,
+) -> None:
+    """Server + simulated PBX `MojaCentrala` + simulated SMS gateway, ready to try."""
+    from cloudpbx.demo import DEMO_PBX, prepare_demo
+    from cloudpbx.server import serve as serve_forever
+
+    settings = load_settings(
+        None,
+        data_dir=data,
+        host=host,
+        port=port,
+        backend="simulator",
+        sms_gateway="simulator",
+        simulator_seed=seed,
+        simulator_rate=rate,
+    )
+    _logging(settings.log_level)
+    api_key = _run(settings, lambda runtime: prepare_demo(runtime, key))
+    base = f"http://{host}:{port}"
+    ws = f"ws://{host}:{port}"
+    console.print(f"[bold]cloudpbx demo[/bold]: PBX [cyan]{DEMO_PBX}[/cyan], data in {data}")
+    console.print(f"  API URL:   {base}")
+    console.print(f"  API key:   [green]{api_key}[/green]")
+    console.print(f"  WebSocket: {ws}/ws/pbx_{DEMO_PBX}?pbxkey={api_key}")
+    console.print(f"  API docs:  {base}/docs")
+    console.print(f"  try:       curl -H 'Authorization: Bearer {api_key}' {base}/cdr")
+    asyncio.run(serve_forever(settings))
+
+
+@pbx_app.command("add")
+def pbx_add(
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the PBX")] = "Europe/Warsaw",
+    sms_gateway: Annotated[
+        str | None, typer.Option(help="SMS gateway name, e.g. simulator")
+    ] = None,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create a PBX (name: letters, digits, '_' and '-')."""
+    tenant = _run(
+        _settings(config, data, database_url),
+        lambda runtime: runtime.tenants.create(name, timezone, sms_gateway),
+    )
+    console.print(f"created PBX {tenant.name} ({tenant.timezone})")
+
+
+@pbx_app.command("list")
+def pbx_list(
+    config: ConfigOption = None, data: DataOption = None, database_url: DatabaseOption = None
+) -> None:
+    """List PBXes."""
+    tenants = _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.list())
+    table = Table("name", "time zone", "SMS gateway")
+    for tenant in tenants:
+        table.add_row(tenant.name, tenant.timezone, tenant.sms_gateway or "-")
+    console.print(table)
+
+
+@pbx_app.command("remove")
+def pbx_remove(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Delete a PBX with its keys, call records and history."""
+    if not yes:
+        typer.confirm(f"Delete PBX {name} and all its data?", abort=True)
+    _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.remove(name))
+    console.print(f"removed PBX {name}")
+
+
+@key_app.command("create")
+def key_create(
+    pbx: str,
+    label: Annotated[str, typer.Option(help="What the key is for")] = "",
+    value: Annotated[str | None, typer.Option(help="Import an existing key")] = None,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Issue an API key for a PBX; it is printed once and stored only as a hash."""
+    key = _run(
+        _settings(config, data, database_url),
+        lambda runtime: runtime.tenants.create_key(pbx, label, value),
+    )
+    errors.print(f"API key for {pbx} (shown once, store it now):")
+    print(key)
+
+
+@key_app.command("list")
+def key_list(
+    pbx: Annotated[str | None, typer.Argument(help="Only this PBX's keys")] = None,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """List keys (their first characters only)."""
+    keys = _run(
+        _settings(config, data, database_url), lambda runtime: runtime.tenants.list_keys(pbx)
+    )
+    table = Table("id", "pbx", "starts with", "label", "created", "revoked")
+    for item in keys:
+        table.add_row(
+            str(item.id),
+            item.pbx,
+            item.prefix + "…",
+            item.label,
+            f"{item.created_at:%Y-%m-%d %H:%M}",
+            f"{item.revoked_at:%Y-%m-%d %H:%M}" if item.revoked_at else "-",
+        )
+    console.print(table)
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: int,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke a key by id (see `key list`); it stops working at once."""
+    _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.revoke_key(key_id))
+    console.print(f"revoked key {key_id}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOption = None, data: DataOption = None, database_url: DatabaseOption = None
+) -> None:
+    """Apply schema migrations (the server also does this when it starts)."""
+
+    async def noop(_runtime: object) -> None:
+        return None
+
+    _run(_settings(config, data, database_url), noop)
+    console.print("database is up to date")

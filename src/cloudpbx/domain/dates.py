@@ -1,0 +1,63 @@
+"""The API's date ranges: `datestart`/`datestop` as inclusive local dates of the PBX."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from cloudpbx.domain.errors import BadRequest
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """Inclusive local dates; `utc_bounds` is the half-open UTC interval they cover."""
+
+    start: date
+    stop: date
+    zone: ZoneInfo
+
+    def utc_bounds(self) -> tuple[datetime, datetime]:
+        """[start 00:00 local, day after stop 00:00 local) as naive UTC datetimes."""
+        low = datetime.combine(self.start, time(), self.zone)
+        high = datetime.combine(self.stop + timedelta(days=1), time(), self.zone)
+        return (
+            low.astimezone(UTC).replace(tzinfo=None),
+            high.astimezone(UTC).replace(tzinfo=None),
+        )
+
+
+def parse_date(name: str, value: str) -> date:
+    """A strict `YYYY-MM-DD`; anything else is a 400 naming the parameter."""
+    if not _DATE.fullmatch(value):
+        raise BadRequest(
+            f"{name} must be a date in the form YYYY-MM-DD, got {value!r}", code="invalid_date"
+        )
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} is not a real calendar date: {value!r}", code="invalid_date")
+
+
+def date_range(
+    datestart: str | None, datestop: str | None, zone: ZoneInfo, now: datetime | None = None
+) -> DateRange:
+    """Resolve the query parameters: an absent bound is today in the PBX's zone."""
+    today = (now or datetime.now(UTC)).astimezone(zone).date()
+    start = parse_date("datestart", datestart) if datestart is not None else today
+    stop = parse_date("datestop", datestop) if datestop is not None else today
+    if start > stop:
+        raise BadRequest(
+            f"datestart ({start.isoformat()}) is after datestop ({stop.isoformat()})",
+            code="invalid_range",
+        )
+    return DateRange(start, stop, zone)
+
+
+def local_timestamp(moment: datetime, zone: ZoneInfo) -> str:
+    """`YYYY-MM-DD HH:MM:SS` in the PBX's zone, the API's timestamp format."""
+    return moment.astimezone(zone).strftime(TIMESTAMP_FORMAT)

@@ -1,0 +1,72 @@
+"""Running the server: uvicorn over the app, with the backends the settings name."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from cloudpbx.api.app import create_app
+from cloudpbx.runtime import Runtime, build_runtime
+from cloudpbx.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
+    """wsproto serves the WebSocket: it accepts the document's own curl handshake, whose
+    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects."""
+    settings = runtime.settings
+    return uvicorn.Config(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        ws="wsproto",
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        log_level=settings.log_level,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=True,
+    )
+
+
+async def attach_backends(runtime: Runtime) -> None:
+    """Add the PBX backend the settings name, serving every PBX in the database."""
+    settings = runtime.settings
+    if settings.backend == "none":
+        return
+    if settings.backend != "simulator":
+        raise ValueError(f"unknown backend {settings.backend!r}; use 'simulator' or 'none'")
+    from cloudpbx.adapters.simulator import SimulatorBackend
+
+    names = [tenant.name for tenant in await runtime.tenants.list()]
+    if not names:
+        log.warning("no PBX in the database: the simulator has nothing to run")
+        return
+    simulator = SimulatorBackend(
+        names,
+        seed=settings.simulator_seed,
+        rate=settings.simulator_rate,
+        backfill_days=settings.simulator_backfill_days,
+    )
+    runtime.backends.append(simulator)
+    for name in names:
+        tenant = await runtime.tenants.require(name)
+        if settings.simulator_backfill_days and await runtime.calls.count_cdrs(tenant) == 0:
+            count = await simulator.backfill(runtime.ingest, name)
+            log.info(
+                "backfilled %d calls of the last %d days on %s",
+                count,
+                settings.simulator_backfill_days,
+                name,
+            )
+
+
+async def serve(settings: Settings) -> None:
+    """Migrate, attach backends, serve until interrupted."""
+    runtime = build_runtime(settings)
+    await runtime.migrate()
+    await attach_backends(runtime)
+    server = uvicorn.Server(uvicorn_config(runtime))
+    await server.serve()

@@ -1,0 +1,1 @@
+"""Use cases: what the API, the CLI and the backends ask of the system."""

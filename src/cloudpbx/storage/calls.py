@@ -1,0 +1,243 @@
+"""CDR rows, recordings and transcriptions of a PBX."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Text, cast, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudpbx.domain.dates import DateRange, local_timestamp
+from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
+from cloudpbx.storage.json_rows import json_array_of, ordered
+from cloudpbx.storage.tables import cdr, recording, transcription
+from cloudpbx.storage.tenants import Tenant, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPage:
+    """A list already rendered as a JSON array, and how many rows matched in all."""
+
+    body: bytes
+    total: int
+    cap: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+
+def _utc_naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+class CallStore:
+    """Everything per call: billing rows, recordings, transcriptions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+
+    # -- CDR -------------------------------------------------------------------------------
+
+    def _cdr_values(self, tenant: Tenant, record: CdrRecord) -> dict[str, object]:
+        return {
+            "pbx_id": tenant.id,
+            "started_at": _utc_naive(record.started_at),
+            "calldate": local_timestamp(record.started_at, tenant.zone),
+            "clid": record.clid,
+            "src": record.src,
+            "dst": record.dst,
+            "channel": record.channel,
+            "dstchannel": record.dstchannel,
+            "lastapp": record.lastapp,
+            "duration": record.duration,
+            "billsec": record.billsec,
+            "disposition": record.disposition.value,
+            "uniqueid": record.uniqueid,
+            "cost": record.cost,
+            "zone": record.zone,
+        }
+
+    async def add_cdrs(self, tenant: Tenant, records: Sequence[CdrRecord]) -> None:
+        if not records:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(cdr), [self._cdr_values(tenant, r) for r in records])
+
+    async def cdr_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
+        """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes."""
+        low, high = period.utc_bounds()
+        where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
+        rows = (
+            select(
+                cdr.c.calldate,
+                cdr.c.clid,
+                cdr.c.src,
+                cdr.c.dst,
+                cdr.c.channel,
+                cdr.c.dstchannel,
+                cdr.c.lastapp,
+                cdr.c.duration,
+                cdr.c.billsec,
+                cdr.c.disposition,
+                cdr.c.uniqueid,
+                func.coalesce(cast(cdr.c.cost, Text), "").label("cost"),
+                cdr.c.zone,
+                *ordered([cdr.c.started_at, cdr.c.id]),
+            )
+            .where(*where)
+            .order_by(cdr.c.started_at, cdr.c.id)
+            .limit(cap)
+        )
+        return await self._page(rows, select(func.count()).select_from(cdr).where(*where), cap)
+
+    async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
+        query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return dict(row) if row is not None else None
+
+    # -- recordings ------------------------------------------------------------------------
+
+    async def add_recording(self, tenant: Tenant, info: RecordingInfo) -> bool:
+        """Store a recording's row; False if the call already has one (kept as it was)."""
+        values = {
+            "pbx_id": tenant.id,
+            "uniqueid": info.uniqueid,
+            "started_at": _utc_naive(info.started_at),
+            "calldate": local_timestamp(info.started_at, tenant.zone),
+            "src": info.src,
+            "dst": info.dst,
+            "format": info.format,
+            "path": info.path,
+            "size": info.size,
+        }
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(recording).values(**values))
+        except IntegrityError:
+            return False
+        return True
+
+    async def recording_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
+        low, high = period.utc_bounds()
+        where = (
+            recording.c.pbx_id == tenant.id,
+            recording.c.started_at >= low,
+            recording.c.started_at < high,
+        )
+        rows = (
+            select(
+                recording.c.uniqueid,
+                recording.c.src,
+                recording.c.dst,
+                recording.c.format,
+                recording.c.calldate.label("date"),
+                *ordered([recording.c.started_at, recording.c.id]),
+            )
+            .where(*where)
+            .order_by(recording.c.started_at, recording.c.id)
+            .limit(cap)
+        )
+        count = select(func.count()).select_from(recording).where(*where)
+        return await self._page(rows, count, cap)
+
+    async def get_recording(self, tenant: Tenant, uniqueid: str) -> RecordingInfo | None:
+        query = select(recording).where(
+            recording.c.pbx_id == tenant.id, recording.c.uniqueid == uniqueid
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return RecordingInfo(
+            uniqueid=row.uniqueid,
+            started_at=row.started_at.replace(tzinfo=UTC),
+            src=row.src,
+            dst=row.dst,
+            format=row.format,
+            path=row.path,
+            size=row.size,
+        )
+
+    # -- transcriptions --------------------------------------------------------------------
+
+    async def add_transcription(self, tenant: Tenant, record: TranscriptionRecord) -> None:
+        """Store (or replace, when re-run) the transcription of a call."""
+        values = {
+            "pbx_id": tenant.id,
+            "uniqueid": record.uniqueid,
+            "started_at": _utc_naive(record.started_at),
+            "calldate": local_timestamp(record.started_at, tenant.zone),
+            "src": record.src,
+            "dst": record.dst,
+            "content": record.content,
+            "summary": record.summary,
+            "finished_at": utcnow(),
+        }
+        async with self._engine.begin() as conn:
+            existing = (
+                await conn.execute(
+                    select(transcription.c.id).where(
+                        transcription.c.pbx_id == tenant.id,
+                        transcription.c.uniqueid == record.uniqueid,
+                    )
+                )
+            ).scalar()
+            if existing is None:
+                await conn.execute(insert(transcription).values(**values))
+            else:
+                await conn.execute(
+                    transcription.update().where(transcription.c.id == existing).values(**values)
+                )
+
+    async def transcription_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
+        low, high = period.utc_bounds()
+        where = (
+            transcription.c.pbx_id == tenant.id,
+            transcription.c.started_at >= low,
+            transcription.c.started_at < high,
+        )
+        rows = (
+            select(
+                transcription.c.uniqueid,
+                transcription.c.calldate,
+                transcription.c.src,
+                transcription.c.dst,
+                *ordered([transcription.c.started_at, transcription.c.id]),
+            )
+            .where(*where)
+            .order_by(transcription.c.started_at, transcription.c.id)
+            .limit(cap)
+        )
+        count = select(func.count()).select_from(transcription).where(*where)
+        return await self._page(rows, count, cap)
+
+    async def get_transcription(self, tenant: Tenant, uniqueid: str) -> dict[str, str] | None:
+        query = select(
+            transcription.c.uniqueid, transcription.c.content, transcription.c.summary
+        ).where(transcription.c.pbx_id == tenant.id, transcription.c.uniqueid == uniqueid)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return {"uniqueid": row.uniqueid, "content": row.content, "summary": row.summary}
+
+    # -- shared ----------------------------------------------------------------------------
+
+    async def _page(self, rows: object, count: object, cap: int) -> JsonPage:
+        async with self._engine.connect() as conn:
+            total = int((await conn.execute(count)).scalar_one())  # type: ignore[call-overload]
+            body = (
+                await conn.execute(json_array_of(self._dialect, rows))  # type: ignore[arg-type]
+            ).scalar_one()
+        return JsonPage(body.encode("utf-8"), total, cap)
+
+    async def count_cdrs(self, tenant: Tenant) -> int:
+        query = select(func.count()).select_from(cdr).where(cdr.c.pbx_id == tenant.id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())

@@ -1,0 +1,42 @@
+"""Lists rendered to JSON by the database itself.
+
+The list endpoints return up to 10,000 rows. Building them row by row in Python costs more
+than the query; SQLite's `json_group_array(json_object(...))` and PostgreSQL's
+`json_agg(json_build_object(...) ORDER BY ...)` produce the JSON array in C, and the API
+sends those bytes as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, Text, cast, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+ORDER_PREFIX = "_order_"
+
+
+def json_array_of(dialect: str, rows: Select[Any]) -> Select[tuple[str]]:
+    """One JSON array string of objects built from `rows`' labelled columns, in order.
+
+    `rows` must be ordered and limited already; columns whose label starts with
+    ORDER_PREFIX are the sort keys (not output), the others become object fields in the
+    order they are selected.
+    """
+    sub = rows.subquery("rows")
+    fields = [column for column in sub.c if not column.key.startswith(ORDER_PREFIX)]
+    sort_keys = [column for column in sub.c if column.key.startswith(ORDER_PREFIX)]
+    pairs: list[Any] = []
+    for column in fields:
+        pairs.extend((literal_column(f"'{column.key}'"), column))
+    if dialect == "postgresql":
+        aggregate = func.json_agg(aggregate_order_by(func.json_build_object(*pairs), *sort_keys))
+    else:
+        aggregate = func.json_group_array(func.json_object(*pairs))
+    return select(func.coalesce(cast(aggregate, Text), "[]"))
+
+
+def ordered(columns: Sequence[Any]) -> list[Any]:
+    """Label sort-key columns so that json_array_of keeps them out of the objects."""
+    return [column.label(f"{ORDER_PREFIX}{index}") for index, column in enumerate(columns)]

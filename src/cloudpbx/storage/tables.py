@@ -1,0 +1,152 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations (storage/migrations) create it.
+
+Times: `started_at` columns are naive UTC (indexed, used for ranges and order);
+`calldate` columns are the same instant rendered once, at write time, as the API's
+`YYYY-MM-DD HH:MM:SS` in the PBX's zone, so list endpoints never convert per row.
+A PBX's zone is fixed when it is created (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+pbx = Table(
+    "pbx",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("timezone", String(64), nullable=False),
+    Column("sms_gateway", String(32), nullable=True),
+    # Event ids are handed out from blocks reserved here, so ids never repeat after a crash.
+    Column("event_id_reserved", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+api_key = Table(
+    "api_key",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("label", String(128), nullable=False, server_default=""),
+    Column("prefix", String(12), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime, nullable=True),
+)
+
+cdr = Table(
+    "cdr",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("calldate", String(19), nullable=False),
+    Column("clid", String(160), nullable=False),
+    Column("src", String(80), nullable=False),
+    Column("dst", String(80), nullable=False),
+    Column("channel", String(160), nullable=False),
+    Column("dstchannel", String(160), nullable=False),
+    Column("lastapp", String(80), nullable=False),
+    Column("duration", Integer, nullable=False),
+    Column("billsec", Integer, nullable=False),
+    Column("disposition", String(16), nullable=False),
+    Column("uniqueid", String(64), nullable=False),
+    Column("cost", Integer, nullable=True),
+    Column("zone", String(64), nullable=False, server_default=""),
+    Index("ix_cdr_pbx_started", "pbx_id", "started_at"),
+    Index("ix_cdr_pbx_uniqueid", "pbx_id", "uniqueid"),
+)
+
+recording = Table(
+    "recording",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("uniqueid", String(64), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("calldate", String(19), nullable=False),
+    Column("src", String(80), nullable=False),
+    Column("dst", String(80), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("path", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    UniqueConstraint("pbx_id", "uniqueid"),
+    Index("ix_recording_pbx_started", "pbx_id", "started_at"),
+)
+
+transcription = Table(
+    "transcription",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("uniqueid", String(64), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("calldate", String(19), nullable=False),
+    Column("src", String(80), nullable=False),
+    Column("dst", String(80), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("finished_at", DateTime, nullable=False),
+    UniqueConstraint("pbx_id", "uniqueid"),
+    Index("ix_transcription_pbx_started", "pbx_id", "started_at"),
+)
+
+sms = Table(
+    "sms",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("response_id", String(32), nullable=False, unique=True),
+    Column("to", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("test", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("parts", Integer, nullable=False),
+    Column("cost", Integer, nullable=True),
+    Column("gateway_id", String(64), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_sms_pbx_created", "pbx_id", "created_at"),
+)
+
+sms_status_history = Table(
+    "sms_status_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("sms_id", BigInteger, ForeignKey("sms.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", DateTime, nullable=False),
+    Index("ix_sms_status_history_sms", "sms_id"),
+)
+
+event = Table(
+    "event",
+    metadata,
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
