@@ -48,13 +48,14 @@ async def attach_backends(runtime: Runtime) -> None:
         names,
         seed=settings.simulator_seed,
         rate=settings.simulator_rate,
+        speed=settings.simulator_speed,
         backfill_days=settings.simulator_backfill_days,
     )
     runtime.backends.append(simulator)
     for name in names:
         tenant = await runtime.tenants.require(name)
         if settings.simulator_backfill_days and await runtime.calls.count_cdrs(tenant) == 0:
-            count = await simulator.backfill(runtime.ingest, name)
+            count = await simulator.backfill(runtime.ingest, name, timezone=tenant.timezone)
             log.info(
                 "backfilled %d calls of the last %d days on %s",
                 count,

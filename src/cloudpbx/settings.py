@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between server pings")
     ws_ping_timeout: float = Field(20.0, gt=0, description="Seconds to wait for a pong")
     simulator_seed: int | None = None
-    simulator_rate: float = Field(0.5, gt=0, description="New simulated calls per second")
+    simulator_rate: float = Field(
+        0.15, ge=0, description="New simulated calls per second per PBX (0: only /dial)"
+    )
+    simulator_speed: float = Field(
+        1.0, gt=0, description="Time compression of simulated calls (ring/talk / speed)"
+    )
     simulator_backfill_days: int = Field(7, ge=0)
     log_level: str = "info"
 

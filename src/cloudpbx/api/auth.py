@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloudpbx.domain.errors import Unauthorized
 from cloudpbx.runtime import Runtime
@@ -34,9 +35,19 @@ async def tenant_for_key(runtime: Runtime, key: str | None) -> Tenant:
     return tenant
 
 
+# Declares the scheme in the OpenAPI document (and gives /docs its Authorize button);
+# auto_error=False leaves every refusal to tenant_for_key, so all 401s share one shape.
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", description="The PBX's API key: `Bearer KEY`"
+)
+
+
 async def current_tenant(
-    request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+    request: Request,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)],
 ) -> Tenant:
+    """The PBX of the request's key; the header is read by bearer_token, as on the WebSocket."""
     return await tenant_for_key(runtime, bearer_token(request.headers.get("authorization")))
 
 

@@ -20,18 +20,24 @@ from cloudpbx.domain.errors import ApiError
 log = logging.getLogger(__name__)
 
 _STATUS_CODES = {
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
+    416: "range_not_satisfiable",
 }
+
+# RFC 9110 §11.6.1: a 401 must say which scheme would be accepted.
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> Response:
-        return json_error(exc.status, exc.message, exc.code)
+        headers = _CHALLENGE if exc.status == 401 else None
+        return json_error(exc.status, exc.message, exc.code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
@@ -42,11 +48,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return json_error(400, "; ".join(problems) or "invalid request", "invalid_parameter")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
+        if exc.status_code == 405 and message == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
         return json_error(exc.status_code, message, code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -23,19 +24,23 @@ from cloudpbx.api.auth import bearer_token, tenant_for_key
 from cloudpbx.api.responses import json_error
 from cloudpbx.domain.errors import ApiError, BadRequest, Forbidden, NotFound
 from cloudpbx.domain.events import channel_name
-from cloudpbx.ports.bus import SubscriberOverflow, Subscription
+from cloudpbx.ports.bus import SubscriberOverflow, Subscription, WireMessage
 from cloudpbx.runtime import Runtime
 from cloudpbx.storage.tenants import Tenant
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
+CHANNEL = re.compile(r"pbx_[A-Za-z0-9_-]{1,64}")
+"""`/ws/{CHANNEL}`: anything else (also with more path segments) is a 404."""
+LAST_ID = re.compile(r"[0-9]{1,18}")
 CLOSE_TOO_SLOW = 4008
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TIMEOUT = 2.0
 
 
 async def _authorise(websocket: WebSocket, runtime: Runtime, channel: str) -> Tenant:
-    if not channel.startswith("pbx_") or len(channel) <= 4:
+    if not CHANNEL.fullmatch(channel):
         raise NotFound(f"no such channel {channel!r}; use /ws/pbx_NAME", code="unknown_channel")
     key = websocket.query_params.get("pbxkey") or bearer_token(
         websocket.headers.get("authorization")
@@ -50,14 +55,14 @@ def _last_event_id(websocket: WebSocket) -> int | None:
     raw = websocket.query_params.get("last_event_id") or websocket.headers.get("last-event-id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not LAST_ID.fullmatch(raw):  # not str.isdigit(): it takes "²", which int() refuses
         raise BadRequest(
             f"last_event_id must be a non-negative integer, got {raw!r}", code="invalid_last_id"
         )
     return int(raw)
 
 
-@router.websocket("/ws/{channel}")
+@router.websocket("/ws/{channel:path}")
 async def pbx_events(websocket: WebSocket, channel: str) -> None:
     runtime: Runtime = websocket.app.state.runtime
     try:
@@ -67,30 +72,50 @@ async def pbx_events(websocket: WebSocket, channel: str) -> None:
         await websocket.send_denial_response(json_error(exc.status, exc.message, exc.code))
         return
     settings = runtime.settings
+    # Subscribe first, then read the history: whatever is published in between is in both,
+    # and the id check in _stream sends it once.
     subscription = runtime.bus.subscribe(channel, settings.ws_buffer_size)
     try:
-        replay = await runtime.hub.replay_after(tenant, last_id) if last_id is not None else None
-        headers = []
-        if replay is not None:
+        backlog: list[WireMessage] = []
+        sent = 0
+        headers: list[tuple[bytes, bytes]] = []
+        if last_id is not None:
+            replay = await runtime.hub.replay_after(tenant, last_id)
+            backlog = replay.messages
+            # An id from the future (a client of another server, a typo) must not
+            # silence the live stream until the ids catch up with it.
+            sent = min(last_id, replay.newest)
             headers.append((b"x-resume", b"complete" if replay.complete else b"partial"))
         await websocket.accept(headers=headers)
-        sent = last_id or 0
-        if replay is not None:
-            for message in replay.messages:
-                await websocket.send_text(message.data)
-                sent = message.id
-        await _stream(websocket, subscription, sent)
+        await _stream(websocket, subscription, backlog, sent, settings.ws_ping_timeout)
     except WebSocketDisconnect:
         pass
     finally:
         subscription.close()
 
 
-async def _stream(websocket: WebSocket, subscription: Subscription, sent: int) -> None:
-    """Send live messages until the client leaves or falls too far behind."""
+async def _stream(
+    websocket: WebSocket,
+    subscription: Subscription,
+    backlog: list[WireMessage],
+    sent: int,
+    close_timeout: float,
+) -> None:
+    """Send the backlog, then live messages, until the client leaves or falls behind.
+
+    Three tasks race: the sender, a receiver that notices the client leaving, and a watch
+    on the subscription's overflow flag (so that a sender stuck on a full socket is cut
+    off at once). The sender records an id only once its frame was handed to the
+    transport; uvicorn waits for the socket to drain before writing, never in the middle
+    of a frame, so cancelling the sender never loses or half-sends a message and the id
+    in the 4008 reason is exactly the last message the client will receive.
+    """
     state = {"sent": sent}
 
-    async def send_live() -> None:
+    async def send_all() -> None:
+        for message in backlog:
+            await websocket.send_text(message.data)
+            state["sent"] = message.id
         while batch := await subscription.next_batch():
             for message in batch:
                 if message.id > state["sent"]:
@@ -101,28 +126,36 @@ async def _stream(websocket: WebSocket, subscription: Subscription, sent: int) -
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass  # clients have nothing to say on this channel; their messages are ignored
 
-    sender = asyncio.create_task(send_live())
+    sender = asyncio.create_task(send_all())
     receiver = asyncio.create_task(wait_disconnect())
     overflow = asyncio.create_task(subscription.overflow.wait())
+    tasks = (sender, receiver, overflow)
     try:
-        done, _ = await asyncio.wait(
-            {sender, receiver, overflow}, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (sender, receiver, overflow):
+        for task in tasks:
             task.cancel()
-        for task in (sender, receiver, overflow):
+        for task in tasks:
             with contextlib.suppress(
                 asyncio.CancelledError, WebSocketDisconnect, SubscriberOverflow
             ):
                 await task
     if receiver in done:
-        return
-    if overflow in done or (sender in done and isinstance(sender.exception(), SubscriberOverflow)):
+        return  # the client left (or closed); uvicorn has answered its close
+    sender_error = sender.exception() if sender in done else None
+    if overflow in done or isinstance(sender_error, SubscriberOverflow):
         reason = f"too slow; resume with last_event_id={state['sent']}"
         log.info("closing a slow WebSocket client: %s", reason)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(CLOSE_TOO_SLOW, reason), CLOSE_TIMEOUT)
+        # The close frame queues behind what the client has not read yet: give it until
+        # the ping timeout to drain (uvicorn waits for the socket before writing).
+        await _close(websocket, CLOSE_TOO_SLOW, reason, close_timeout)
         return
-    if sender in done and sender.exception() is not None:
-        raise sender.exception()  # type: ignore[misc]
+    if sender_error is not None:
+        raise sender_error
+    # The subscription was closed under us: the server is stopping.
+    await _close(websocket, CLOSE_SERVICE_RESTART, "server restart", CLOSE_TIMEOUT)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str, patience: float) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), patience)

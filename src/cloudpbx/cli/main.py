@@ -10,7 +10,10 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudpbx.domain.errors import ApiError
 from cloudpbx.runtime import build_runtime
@@ -24,8 +27,8 @@ app.add_typer(pbx_app, name="pbx")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)  # one line per message, easy to grep
 T = TypeVar("T")
 
 ConfigOption = Annotated[
@@ -47,7 +50,11 @@ def _settings(
 
 
 def _run(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
-    """Run one store action against a migrated database; client errors exit 1 with a message."""
+    """Run one store action against a migrated database; client errors exit 1 with a message.
+
+    Messages are escaped before printing: they quote what the user typed (a PBX name, a
+    label), and rich would read `[...]` in it as markup, or crash on `[/x]`.
+    """
 
     async def main() -> T:
         runtime = build_runtime(settings)
@@ -60,14 +67,39 @@ def _run(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except ApiError as exc:
-        errors.print(f"[red]error:[/red] {exc.message}")
+        errors.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
+    except (SQLAlchemyError, OSError) as exc:
+        # An unreachable or unusable database is an operator error, not a crash.
+        url = escape(_safe_url(settings.effective_database_url))
+        errors.print(f"[red]error:[/red] database {url}: {escape(str(exc).splitlines()[0])}")
+        raise typer.Exit(1) from None
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable URL)"
+
+
+def _table(*columns: str, wrap: frozenset[str] | set[str] = frozenset()) -> Table:
+    """A listing whose identifiers never wrap (a narrow terminal or a pipe is 80 columns):
+    names, ids and key prefixes stay whole on one line, so they can be copied or grepped."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, no_wrap=column not in wrap)
+    return table
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -93,7 +125,7 @@ def demo(
     key: Annotated[str | None, typer.Option(help="Use this API key instead of a new one")] = None,
     data: Annotated[Path, typer.Option(help="Data folder")] = Path("cloudpbx-data"),
     seed: Annotated[int | None, typer.Option(help="Seed of the simulated PBX")] = None,
-    rate: Annotated[float, typer.Option(help="New simulated calls per second")] = 0.5,
+    rate: Annotated[float, typer.Option(help="New simulated calls per second")] = 0.15,
 ) -> None:
     """Server + simulated PBX `MojaCentrala` + simulated SMS gateway, ready to try."""
     from cloudpbx.demo import DEMO_PBX, prepare_demo
@@ -138,7 +170,7 @@ def pbx_add(
         _settings(config, data, database_url),
         lambda runtime: runtime.tenants.create(name, timezone, sms_gateway),
     )
-    console.print(f"created PBX {tenant.name} ({tenant.timezone})")
+    console.print(f"created PBX {escape(tenant.name)} ({escape(tenant.timezone)})")
 
 
 @pbx_app.command("list")
@@ -147,9 +179,9 @@ def pbx_list(
 ) -> None:
     """List PBXes."""
     tenants = _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.list())
-    table = Table("name", "time zone", "SMS gateway")
+    table = _table("name", "time zone", "SMS gateway")
     for tenant in tenants:
-        table.add_row(tenant.name, tenant.timezone, tenant.sms_gateway or "-")
+        table.add_row(Text(tenant.name), Text(tenant.timezone), Text(tenant.sms_gateway or "-"))
     console.print(table)
 
 
@@ -165,7 +197,7 @@ def pbx_remove(
     if not yes:
         typer.confirm(f"Delete PBX {name} and all its data?", abort=True)
     _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.remove(name))
-    console.print(f"removed PBX {name}")
+    console.print(f"removed PBX {escape(name)}")
 
 
 @key_app.command("create")
@@ -182,7 +214,7 @@ def key_create(
         _settings(config, data, database_url),
         lambda runtime: runtime.tenants.create_key(pbx, label, value),
     )
-    errors.print(f"API key for {pbx} (shown once, store it now):")
+    errors.print(f"API key for {escape(pbx)} (shown once, store it now):")
     print(key)
 
 
@@ -197,13 +229,13 @@ def key_list(
     keys = _run(
         _settings(config, data, database_url), lambda runtime: runtime.tenants.list_keys(pbx)
     )
-    table = Table("id", "pbx", "starts with", "label", "created", "revoked")
+    table = _table("id", "pbx", "starts with", "label", "created", "revoked", wrap={"label"})
     for item in keys:
         table.add_row(
             str(item.id),
-            item.pbx,
-            item.prefix + "…",
-            item.label,
+            Text(item.pbx),
+            Text(item.prefix + "…"),
+            Text(item.label),
             f"{item.created_at:%Y-%m-%d %H:%M}",
             f"{item.revoked_at:%Y-%m-%d %H:%M}" if item.revoked_at else "-",
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import MINYEAR, UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from cloudpbx.domain.errors import BadRequest
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# ASCII digits only: `\d` would also take other scripts' digits, which are no date of ours.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -22,13 +23,26 @@ class DateRange:
     zone: ZoneInfo
 
     def utc_bounds(self) -> tuple[datetime, datetime]:
-        """[start 00:00 local, day after stop 00:00 local) as naive UTC datetimes."""
-        low = datetime.combine(self.start, time(), self.zone)
-        high = datetime.combine(self.stop + timedelta(days=1), time(), self.zone)
-        return (
-            low.astimezone(UTC).replace(tzinfo=None),
-            high.astimezone(UTC).replace(tzinfo=None),
+        """[start 00:00 local, day after stop 00:00 local) as naive UTC datetimes.
+
+        A range reaching the calendar's ends (0001-01-01, 9999-12-31: "everything") has no
+        UTC instant for its edge; it is clamped to datetime.min/max instead of failing.
+        """
+        low = _local_midnight_utc(self.start, self.zone)
+        high = (
+            datetime.max
+            if self.stop == date.max
+            else _local_midnight_utc(self.stop + timedelta(days=1), self.zone)
         )
+        return low, high
+
+
+def _local_midnight_utc(day: date, zone: ZoneInfo) -> datetime:
+    """`day` 00:00 in `zone` as naive UTC, clamped to datetime.min/max past the calendar."""
+    try:
+        return datetime.combine(day, time(), zone).astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if day.year == MINYEAR else datetime.max
 
 
 def parse_date(name: str, value: str) -> date:
@@ -40,7 +54,9 @@ def parse_date(name: str, value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise BadRequest(f"{name} is not a real calendar date: {value!r}", code="invalid_date")
+        raise BadRequest(
+            f"{name} is not a real calendar date: {value!r}", code="invalid_date"
+        ) from None
 
 
 def date_range(

@@ -6,7 +6,8 @@ import re
 
 MAX_BODY = 1024
 
-_NUMBER = re.compile(r"(?:\+?48)?(\d{9})")
+# ASCII digits only: `\d` would take e.g. Arabic-Indic digits, which no gateway dials.
+_NUMBER = re.compile(r"(?:\+?48)?([0-9]{9})")
 
 # GSM 03.38 basic character set, and the extension table (each of those costs two septets).
 _GSM7_BASIC = frozenset(

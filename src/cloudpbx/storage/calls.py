@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Text, cast, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, Table, Text, cast, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
@@ -28,6 +28,14 @@ class JsonPage:
     @property
     def truncated(self) -> bool:
         return self.total > self.cap
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """The two statements behind a list endpoint: the JSON array and the total count."""
+
+    body: Select[str]
+    count: Select[int]
 
 
 def _utc_naive(moment: datetime) -> datetime:
@@ -70,6 +78,13 @@ class CallStore:
 
     async def cdr_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes."""
+        return await self._page(self.cdr_query(tenant, period, cap), cap)
+
+    def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
+        """The statements of `cdr_page` (public so that tests can EXPLAIN them).
+
+        The range on (pbx_id, started_at) is served by the index ix_cdr_pbx_started.
+        """
         low, high = period.utc_bounds()
         where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
         rows = (
@@ -93,7 +108,8 @@ class CallStore:
             .order_by(cdr.c.started_at, cdr.c.id)
             .limit(cap)
         )
-        return await self._page(rows, select(func.count()).select_from(cdr).where(*where), cap)
+        count = select(func.count()).select_from(cdr).where(*where)
+        return PageQuery(json_array_of(self._dialect, rows), count)
 
     async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
         query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)
@@ -116,12 +132,16 @@ class CallStore:
             "path": info.path,
             "size": info.size,
         }
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(recording).values(**values))
-        except IntegrityError:
-            return False
-        return True
+        # ON CONFLICT DO NOTHING rather than catching IntegrityError: a duplicate is a normal
+        # outcome (a PBX re-announcing a file), not an error in the database's log.
+        statement = (
+            self._insert(recording)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["pbx_id", "uniqueid"])
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(statement)
+        return bool(result.rowcount == 1)
 
     async def recording_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         low, high = period.utc_bounds()
@@ -144,7 +164,7 @@ class CallStore:
             .limit(cap)
         )
         count = select(func.count()).select_from(recording).where(*where)
-        return await self._page(rows, count, cap)
+        return await self._page(PageQuery(json_array_of(self._dialect, rows), count), cap)
 
     async def get_recording(self, tenant: Tenant, uniqueid: str) -> RecordingInfo | None:
         query = select(recording).where(
@@ -179,21 +199,15 @@ class CallStore:
             "summary": record.summary,
             "finished_at": utcnow(),
         }
+        # One INSERT ... ON CONFLICT DO UPDATE: a select-then-insert would let two runs of
+        # the same call race into a unique-constraint error.
+        statement = self._insert(transcription).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["pbx_id", "uniqueid"],
+            set_={key: statement.excluded[key] for key in values if key != "pbx_id"},
+        )
         async with self._engine.begin() as conn:
-            existing = (
-                await conn.execute(
-                    select(transcription.c.id).where(
-                        transcription.c.pbx_id == tenant.id,
-                        transcription.c.uniqueid == record.uniqueid,
-                    )
-                )
-            ).scalar()
-            if existing is None:
-                await conn.execute(insert(transcription).values(**values))
-            else:
-                await conn.execute(
-                    transcription.update().where(transcription.c.id == existing).values(**values)
-                )
+            await conn.execute(statement)
 
     async def transcription_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         low, high = period.utc_bounds()
@@ -215,7 +229,7 @@ class CallStore:
             .limit(cap)
         )
         count = select(func.count()).select_from(transcription).where(*where)
-        return await self._page(rows, count, cap)
+        return await self._page(PageQuery(json_array_of(self._dialect, rows), count), cap)
 
     async def get_transcription(self, tenant: Tenant, uniqueid: str) -> dict[str, str] | None:
         query = select(
@@ -229,13 +243,20 @@ class CallStore:
 
     # -- shared ----------------------------------------------------------------------------
 
-    async def _page(self, rows: object, count: object, cap: int) -> JsonPage:
+    async def _page(self, query: PageQuery, cap: int) -> JsonPage:
+        # Both on one connection. Under READ COMMITTED a row committed between the two
+        # statements can make the total differ by a few from the rows; that only affects
+        # X-Total-Count, never which rows are returned.
         async with self._engine.connect() as conn:
-            total = int((await conn.execute(count)).scalar_one())  # type: ignore[call-overload]
-            body = (
-                await conn.execute(json_array_of(self._dialect, rows))  # type: ignore[arg-type]
-            ).scalar_one()
+            total = int((await conn.execute(query.count)).scalar_one())
+            body = (await conn.execute(query.body)).scalar_one()
         return JsonPage(body.encode("utf-8"), total, cap)
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL do)."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
     async def count_cdrs(self, tenant: Tenant) -> int:
         query = select(func.count()).select_from(cdr).where(cdr.c.pbx_id == tenant.id)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 ORDER_PREFIX = "_order_"
 
 
-def json_array_of(dialect: str, rows: Select[Any]) -> Select[tuple[str]]:
+def json_array_of(dialect: str, rows: Select[Any]) -> Select[str]:
     """One JSON array string of objects built from `rows`' labelled columns, in order.
 
     `rows` must be ordered and limited already; columns whose label starts with
@@ -33,6 +33,9 @@ def json_array_of(dialect: str, rows: Select[Any]) -> Select[tuple[str]]:
     if dialect == "postgresql":
         aggregate = func.json_agg(aggregate_order_by(func.json_build_object(*pairs), *sort_keys))
     else:
+        # SQLite before 3.44 has no ORDER BY inside an aggregate. The ordered, limited
+        # subquery runs as a co-routine that feeds json_group_array in its own order;
+        # tests/test_storage_calls.py checks the order (ties included) on both engines.
         aggregate = func.json_group_array(func.json_object(*pairs))
     return select(func.coalesce(cast(aggregate, Text), "[]"))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.records import SmsMessage
@@ -22,17 +23,17 @@ class StatusChange:
     message: SmsMessage | None
 
 
-def _message(row: object) -> SmsMessage:
-    r = row  # a Row of the sms table
+def _message(row: Row[Any]) -> SmsMessage:
+    """An SmsMessage from a row of the sms table (times are stored as naive UTC)."""
     return SmsMessage(
-        response_id=r.response_id,  # type: ignore[attr-defined]
-        to=r.to,  # type: ignore[attr-defined]
-        body=r.body,  # type: ignore[attr-defined]
-        test=bool(r.test),  # type: ignore[attr-defined]
-        status=SmsStatus(r.status),  # type: ignore[attr-defined]
-        parts=r.parts,  # type: ignore[attr-defined]
-        cost=r.cost,  # type: ignore[attr-defined]
-        created_at=r.created_at.replace(tzinfo=UTC),  # type: ignore[attr-defined]
+        response_id=row.response_id,
+        to=row.to,
+        body=row.body,
+        test=bool(row.test),
+        status=SmsStatus(row.status),
+        parts=row.parts,
+        cost=row.cost,
+        created_at=row.created_at.replace(tzinfo=UTC),
     )
 
 
@@ -78,27 +79,36 @@ class SmsStore:
         Reports can arrive twice or out of order; a final status is never replaced and a
         status never goes back to an earlier stage (a late SENT after DELIVERED is kept in
         the history only).
+
+        The rule is checked by the UPDATE itself (`WHERE status IN (earlier stages)`), not
+        by comparing a value read before: two reports applied at the same time (DELIVERED
+        and a late SENT) cannot both pass a stale check and leave SENT last.
         """
         now = utcnow()
+        earlier = [s.value for s in SmsStatus if not s.is_final and s.rank < status.rank]
         async with self._engine.begin() as conn:
-            row = (
+            sms_id = (
                 await conn.execute(
-                    select(sms).where(sms.c.pbx_id == tenant.id, sms.c.response_id == response_id)
+                    select(sms.c.id).where(
+                        sms.c.pbx_id == tenant.id, sms.c.response_id == response_id
+                    )
                 )
-            ).first()
-            if row is None:
+            ).scalar_one_or_none()
+            if sms_id is None:
                 return StatusChange(False, None)
-            current = SmsStatus(row.status)
+            applied = False
+            if earlier:
+                result = await conn.execute(
+                    update(sms)
+                    .where(sms.c.id == sms_id, sms.c.status.in_(earlier))
+                    .values(status=status.value, updated_at=now)
+                )
+                applied = result.rowcount == 1
             await conn.execute(
-                insert(sms_status_history).values(sms_id=row.id, status=status.value, at=now)
+                insert(sms_status_history).values(sms_id=sms_id, status=status.value, at=now)
             )
-            if current.is_final or status == current or status.rank < current.rank:
-                return StatusChange(False, _message(row))
-            await conn.execute(
-                update(sms).where(sms.c.id == row.id).values(status=status.value, updated_at=now)
-            )
-            updated = (await conn.execute(select(sms).where(sms.c.id == row.id))).first()
-        return StatusChange(True, _message(updated))
+            row = (await conn.execute(select(sms).where(sms.c.id == sms_id))).one()
+        return StatusChange(applied, _message(row))
 
     async def history(self, tenant: Tenant, response_id: str) -> list[SmsStatus]:
         query = (

@@ -7,6 +7,7 @@ final comparison uses hmac.compare_digest.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import re
@@ -24,6 +25,16 @@ from cloudpbx.storage.tables import api_key, pbx
 
 PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KEY_PREFIX = "cpbx_"
+# An imported key must travel in an HTTP header (`Authorization: Bearer KEY`) and in a
+# query string: visible ASCII only, no spaces. The upper bound only stops absurd input.
+IMPORTED_KEY = re.compile(r"[\x21-\x7e]{12,256}")
+# `key list` shows the first characters of a key so that an operator can tell keys apart.
+# Never more than a quarter of the key: for a generated key that is `cpbx_` + 4 random
+# characters, for a 12-character imported key only 3, so the listing never gives away
+# enough of a key to make guessing the rest practical.
+SHOWN_PREFIX = 9
+MAX_LABEL = 128  # api_key.label is String(128): PostgreSQL would refuse a longer one
+MAX_GATEWAY = 32  # pbx.sms_gateway is String(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +62,13 @@ class ApiKeyInfo:
 
 
 def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+    # surrogatepass: a malformed key from a request must fail authentication, not crash it.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_prefix(key: str) -> str:
+    """The part of a key that `key list` may show (see SHOWN_PREFIX)."""
+    return key[: min(SHOWN_PREFIX, len(key) // 4)]
 
 
 def new_key() -> str:
@@ -89,6 +106,11 @@ class TenantStore:
     ) -> Tenant:
         validate_pbx_name(name)
         zone = validate_timezone(timezone)
+        if sms_gateway is not None and not 1 <= len(sms_gateway) <= MAX_GATEWAY:
+            raise BadRequest(
+                f"an SMS gateway name must be 1-{MAX_GATEWAY} characters",
+                code="invalid_sms_gateway",
+            )
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
@@ -141,13 +163,18 @@ class TenantStore:
         """Issue a key for PBX `name`; returns the key itself, which is never stored.
 
         `value` imports an existing key (e.g. one clients already hold from another
-        provider); it must be at least 12 characters.
+        provider); it must be 12-256 visible ASCII characters (it travels in HTTP headers
+        and query strings).
         """
         tenant = await self.require(name)
-        key = value if value is not None else new_key()
-        if len(key) < 12 or not key.isprintable() or " " in key:
+        if len(label) > MAX_LABEL:
             raise BadRequest(
-                "an API key must be at least 12 printable characters without spaces",
+                f"a key label must be at most {MAX_LABEL} characters", code="invalid_label"
+            )
+        key = value if value is not None else new_key()
+        if not IMPORTED_KEY.fullmatch(key):
+            raise BadRequest(
+                "an API key must be 12-256 visible ASCII characters without spaces",
                 code="invalid_key",
             )
         try:
@@ -157,7 +184,7 @@ class TenantStore:
                         pbx_id=tenant.id,
                         key_hash=hash_key(key),
                         label=label,
-                        prefix=key[:9],
+                        prefix=key_prefix(key),
                         created_at=utcnow(),
                     )
                 )
@@ -179,7 +206,10 @@ class TenantStore:
             return None
         return Tenant(row.id, row.name, ZoneInfo(row.timezone), row.sms_gateway)
 
-    async def list_keys(self, name: str | None = None) -> list[ApiKeyInfo]:
+    async def list_keys(self, name: str | None = None) -> builtins.list[ApiKeyInfo]:
+        """Keys of PBX `name` (all PBXes when None), oldest first; unknown PBX: NotFound."""
+        if name is not None:
+            await self.require(name)
         query = select(api_key, pbx.c.name.label("pbx_name")).join(
             pbx, pbx.c.id == api_key.c.pbx_id
         )
@@ -208,15 +238,21 @@ class TenantStore:
         Ids in a reserved block that were never used are skipped after a restart: ids stay
         strictly increasing and are never reused, at the price of a gap.
         """
+        if block < 1:
+            raise ValueError(f"block must be at least 1, got {block}")
+        # One UPDATE ... RETURNING: the row lock (PostgreSQL) or the write lock (SQLite)
+        # makes concurrent reservations queue up, so blocks never overlap.
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(pbx)
-                .where(pbx.c.id == pbx_id)
-                .values(event_id_reserved=pbx.c.event_id_reserved + block)
-            )
             reserved = (
-                await conn.execute(select(pbx.c.event_id_reserved).where(pbx.c.id == pbx_id))
-            ).scalar_one()
+                await conn.execute(
+                    update(pbx)
+                    .where(pbx.c.id == pbx_id)
+                    .values(event_id_reserved=pbx.c.event_id_reserved + block)
+                    .returning(pbx.c.event_id_reserved)
+                )
+            ).scalar_one_or_none()
+        if reserved is None:
+            raise NotFound(f"no PBX with id {pbx_id}", code="unknown_pbx")
         return int(reserved) - block + 1
 
     async def release_event_ids(self, pbx_id: int, reserved_up_to: int, last_used: int) -> None:

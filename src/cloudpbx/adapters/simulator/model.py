@@ -55,7 +55,11 @@ class Agent:
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
-    """A call queue, reached on `number`; `ringall` rings every free agent at once."""
+    """A call queue, reached on `number`.
+
+    `ringall` rings every free agent at once, otherwise agents take turns (rrmemory);
+    `maxlen` callers may wait, a further caller hears busy.
+    """
 
     name: str
     number: str
@@ -63,6 +67,7 @@ class QueueConfig:
     ringall: bool
     ring_timeout: float = 15.0
     retry: float = 5.0
+    maxlen: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,9 @@ class Destination(Enum):
     CONFERENCE = "conference"
     EXTERNAL = "external"
     UNKNOWN = "unknown"
+    """Digits that lead nowhere on this PBX: the Dial fails (CHANUNAVAIL, FAILED)."""
+    INVALID = "invalid"
+    """Not a number at all: nothing can even try to dial it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +124,7 @@ class PbxConfig:
     def destination(self, number: str) -> Destination:
         """Route a dialled number the way this PBX's dialplan would."""
         if not _DIALLABLE.match(number):
-            return Destination.UNKNOWN
+            return Destination.INVALID
         if self.extension(number) is not None:
             return Destination.EXTENSION
         if self.queue_by_number(number) is not None:
@@ -129,11 +137,6 @@ class PbxConfig:
         return Destination.UNKNOWN
 
 
-def is_diallable(number: str) -> bool:
-    """Digits, optionally with a leading `+`: anything a phone could send as a number."""
-    return bool(_DIALLABLE.match(number))
-
-
 def default_config(pbx: str) -> PbxConfig:
     """The demo PBX: ten extensions, two queues, one conference room.
 
@@ -141,9 +144,7 @@ def default_config(pbx: str) -> PbxConfig:
     same customers and contacts, and repeat callers appear in the history as they would.
     """
     numbers = random.Random(20260101)
-    customers = tuple(
-        _customer_number(numbers, mobile=index % 3 != 2) for index in range(40)
-    )
+    customers = tuple(_customer_number(numbers, mobile=index % 3 != 2) for index in range(40))
     contacts = tuple(_contact_number(numbers, index) for index in range(30))
     return PbxConfig(
         name=pbx,
@@ -187,4 +188,4 @@ def _contact_number(rng: random.Random, index: int) -> str:
         return f"{rng.choice(('12', '58', '61'))}{rng.randrange(2_000_000, 8_000_000):07d}"
     if kind < 9:
         return f"800{rng.randrange(1_000_000):06d}"
-    return rng.choice(("0049", "0044", "0420")) + f"{rng.randrange(10**8, 10**9)}"
+    return rng.choice(("0049", "0044", "00420")) + str(rng.randrange(10**8, 10**9))

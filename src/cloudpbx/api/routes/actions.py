@@ -17,7 +17,8 @@ from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-_EXTENSION = re.compile(r"\d{1,10}")
+# ASCII digits only: `\d` would also match other scripts' digits, which are no extension.
+_EXTENSION = re.compile(r"[0-9]{1,10}")
 _DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
 
 ACTION_ERROR = "Action Error"

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter
-from starlette.responses import FileResponse, Response
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
-from cloudpbx.api.responses import OrjsonResponse, page_response
+from cloudpbx.api.responses import (
+    OrjsonResponse,
+    RangeAnswer,
+    RecordingFileResponse,
+    page_response,
+    range_answer,
+    range_not_satisfiable,
+)
 from cloudpbx.api.routes.params import DateStart, DateStop, check_uniqueid
 from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.errors import NotFound
@@ -26,7 +37,7 @@ AUDIO_TYPES = {
     "opus": "audio/ogg",
 }
 
-_LIST = {200: {"content": {"application/json": {}}}}
+_LIST: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
 
 
 @router.get("/cdr", tags=["calls"], responses=_LIST, summary="CDR rows of a date range")
@@ -48,7 +59,10 @@ async def list_transcriptions(
     return page_response(await runtime.calls.transcription_page(tenant, period, cap))
 
 
-@router.get("/transcription/{uniqueid}", tags=["calls"], summary="One transcription")
+# `:path` (here and on /record) takes ids with `/` in them (`..%2F..`) to the handler, whose
+# check refuses them with a 400; the plain converter let them fall through to a 404 or a
+# slash redirect.
+@router.get("/transcription/{uniqueid:path}", tags=["calls"], summary="One transcription")
 async def get_transcription(uniqueid: str, tenant: TenantDep, runtime: RuntimeDep) -> Response:
     found = await runtime.calls.get_transcription(tenant, check_uniqueid(uniqueid))
     if found is None:
@@ -66,27 +80,60 @@ async def list_recordings(
 
 
 @router.get(
-    "/record/{uniqueid}",
+    "/record/{uniqueid:path}",
     tags=["calls"],
     summary="Download a recording (supports Range)",
-    responses={200: {"content": {"audio/wav": {}}}, 206: {"description": "Partial content"}},
+    responses={
+        200: {"content": {"audio/wav": {}}},
+        206: {"description": "Partial content"},
+        416: {"description": "Range not satisfiable"},
+    },
 )
-async def download_recording(uniqueid: str, tenant: TenantDep, runtime: RuntimeDep) -> Response:
+async def download_recording(
+    uniqueid: str, request: Request, tenant: TenantDep, runtime: RuntimeDep
+) -> Response:
+    """The audio file; `Range: bytes=...` gets 206, a range past its end 416 (JSON)."""
     info = await runtime.calls.get_recording(tenant, check_uniqueid(uniqueid))
     if info is None:
         raise NotFound(f"no recording for call {uniqueid}", code="unknown_recording")
-    root = runtime.ingest.recordings_dir(tenant.name).resolve()
-    path = (root / info.path).resolve()
-    if not path.is_relative_to(root):
+    root = runtime.ingest.recordings_dir(tenant.name)
+    path = await anyio.to_thread.run_sync(_recording_path, root, info.path)
+    if path is None:
         log.error("recording path %r of %s escapes its folder; refused", info.path, tenant.name)
         raise NotFound(f"no recording for call {uniqueid}", code="unknown_recording")
-    if not Path(path).is_file():
+    stat_result = await anyio.to_thread.run_sync(_regular_file_stat, path)
+    if stat_result is None:
         raise NotFound(
             f"the recording of call {uniqueid} is listed but its file is missing",
             code="recording_file_missing",
         )
-    return FileResponse(
+    answer = range_answer(request.headers.get("range"), stat_result.st_size)
+    if answer is RangeAnswer.UNSATISFIABLE:
+        return range_not_satisfiable(stat_result.st_size)
+    return RecordingFileResponse(
         path,
+        stat_result=stat_result,
         media_type=AUDIO_TYPES.get(info.format.lower(), "application/octet-stream"),
         filename=f"{info.uniqueid}.{info.format}",
+        ignore_range=answer is RangeAnswer.WHOLE,
     )
+
+
+def _recording_path(root: Path, stored: str) -> Path | None:
+    """The file under `root` that `stored` names, or None if it (or a link) leads outside."""
+    root = root.resolve()
+    path = (root / stored).resolve()
+    return path if path.is_relative_to(root) else None
+
+
+def _regular_file_stat(path: Path) -> os.stat_result | None:
+    """The file's stat, taken once (FileResponse reuses it), or None if no regular file.
+
+    Stat here rather than in FileResponse: a file that vanished must be a 404, and
+    FileResponse would raise (a 500) after the route returned.
+    """
+    try:
+        result = path.stat()
+    except OSError:
+        return None
+    return result if stat.S_ISREG(result.st_mode) else None

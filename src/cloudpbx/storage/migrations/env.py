@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from cloudpbx.storage.database import create_engine
+from cloudpbx.storage.migrate import COMPARE_OPTIONS
 from cloudpbx.storage.tables import metadata
 
 config = context.config
@@ -18,6 +19,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        **COMPARE_OPTIONS,
     )
     with context.begin_transaction():
         context.run_migrations()

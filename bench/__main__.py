@@ -1,0 +1,143 @@
+"""`python -m bench`: the performance benchmarks of cloudpbx (docs/benchmarks.md).
+
+    .venv/bin/python -m bench               # full run, several minutes
+    .venv/bin/python -m bench --quick       # smoke run, about a minute
+    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout or memory
+
+Every server runs in its own process on 127.0.0.1, the load in other processes. Numbers
+go to stdout as tables, and to .bench-data/results-{quick,full}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+
+import orjson
+
+from bench import cdr, fanout, memory
+from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
+from bench.report import Report, summary
+
+SUITES = ("cdr", "fanout", "memory")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~1 minute)")
+    parser.add_argument(
+        "--only", choices=SUITES, action="append", help="run only this suite (repeatable)"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the servers under test (default: asyncio, as `cloudpbx serve`)",
+    )
+    parser.add_argument(
+        "--ws-procs", type=int, default=2, choices=(2, 3, 4), help="WebSocket client processes"
+    )
+    parser.add_argument(
+        "--ws-compression",
+        choices=("off", "on"),
+        default="off",
+        help="whether clients offer permessage-deflate (default off; see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--ws-client",
+        choices=("websockets", "raw"),
+        default="websockets",
+        help="WebSocket client: the websockets asyncio client, or a minimal raw RFC 6455 one",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="before each suite, wait up to this long for other load to drop (default 60)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the server's event loop during the 60 events/s fan-out step",
+    )
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> Report:
+    report = Report()
+    suites = args.only or list(SUITES)
+    compression = args.ws_compression == "on"
+
+    async def quiet(suite: str) -> None:
+        if args.wait_quiet <= 0:
+            return
+        load = await wait_for_quiet(args.wait_quiet)
+        report.details.setdefault("background_cores", {})[suite] = load
+        if load >= 0.4:
+            print(f"[{suite}] note: other processes keep {load:.1f} of the CPUs busy")
+
+    if "cdr" in suites:
+        await quiet("cdr")
+        await cdr.run(report, quick=args.quick, loop=args.loop)
+    if "fanout" in suites:
+        await quiet("fanout")
+        await fanout.run(
+            report,
+            quick=args.quick,
+            loop=args.loop,
+            procs=args.ws_procs,
+            compression=compression,
+            client=args.ws_client,
+            profile=args.profile,
+        )
+    if "memory" in suites:
+        await quiet("memory")
+        await memory.run(
+            report,
+            loop=args.loop,
+            procs=args.ws_procs,
+            compression=compression,
+            client=args.ws_client,
+        )
+    return report
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit()
+    started = time.monotonic()
+    mode = "quick" if args.quick else "full"
+    print(
+        f"cloudpbx benchmarks ({mode}): python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, server loop {args.loop}, "
+        f"ws client {args.ws_client}, compression {args.ws_compression}, "
+        f"{args.ws_procs} client processes"
+    )
+    report = asyncio.run(main(args))
+    elapsed = time.monotonic() - started
+    print("=" * 100)
+    print(summary(report))
+    print(f"\n({mode} run, {elapsed:.0f}s; details in .bench-data/results-{mode}.json)")
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    (DATA_DIR / f"results-{mode}.json").write_bytes(
+        orjson.dumps(
+            {
+                "mode": mode,
+                "args": vars(args),
+                "seconds": elapsed,
+                "cpus": os.cpu_count(),
+                **report.as_json(),
+            },
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+        )
+    )
+    return 1 if any(r.verdict == "FAIL" for r in report.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,127 @@
+"""Benchmark 3: server memory per idle WebSocket connection.
+
+VmRSS of the server process (after a gc in cloudpbx's case) before and after 1,000 idle
+connections; a warm-up of 50 connections first, so one-time costs (imports, first
+handshake, the hub's channel) are not charged to the connections. Then one event goes to
+every client, and RSS is read again: a connection that has sent a message may hold more
+(e.g. a permessage-deflate compressor). The plain `websockets` server is the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.report import Report, table
+from bench.seed import WS_PBX, ws_database
+from bench.servers import Server, start_cloudpbx, start_raw_websockets
+from bench.wsload import close_clients, open_clients, run_step, wait_subscribers
+
+TARGET_KIB = 30.0
+WARMUP = 50
+
+
+async def _rss(server: Server) -> int:
+    await asyncio.sleep(1.0)
+    return int((await server.stats(WS_PBX))["rss_kib"])
+
+
+async def measure(
+    server: Server, name: str, count: int, procs: int, compression: bool, client: str
+) -> dict[str, float]:
+    warm = await open_clients(server, WARMUP, 1, f"{name}-warm", compression, client)
+    await wait_subscribers(server, warm.ok)
+    await run_step(server, warm, 1, rate=50, count=1, drain=10)
+    await close_clients(warm)
+    await wait_subscribers(server, 0)
+    before = await _rss(server)
+    clients = await open_clients(server, count, procs, name, compression, client)
+    try:
+        held = await wait_subscribers(server, clients.ok)
+        if clients.failed or held != count:
+            raise RuntimeError(f"{clients.ok} connected, {held} held by the server, of {count}")
+        idle = await _rss(server)
+        step = await run_step(server, clients, 2, rate=50, count=1, drain=15)
+        after_event = await _rss(server)
+    finally:
+        await close_clients(clients)
+    return {
+        "connections": float(count),
+        "rss_before_kib": float(before),
+        "rss_idle_kib": float(idle),
+        "rss_after_event_kib": float(after_event),
+        "idle_kib_per_conn": (idle - before) / count,
+        "after_event_kib_per_conn": (after_event - before) / count,
+        "event_delivered": float(step.delivered),
+    }
+
+
+async def run(report: Report, *, loop: str, procs: int, compression: bool, client: str) -> None:
+    suite = "memory"
+    count = 1_000
+    results: dict[str, dict[str, float]] = {}
+    for kind in ("cloudpbx", "websockets"):
+        if kind == "cloudpbx":
+            server = await start_cloudpbx("memory-server", await ws_database("memory"), loop)
+        else:
+            server = await start_raw_websockets("memory-baseline", loop)
+        try:
+            print(f"[memory] {kind}: {count} idle connections")
+            results[kind] = await measure(server, kind, count, procs, compression, client)
+        except Exception as exc:
+            report.fail(suite, f"{kind} memory", f"{type(exc).__name__}: {exc}")
+        finally:
+            await server.stop()
+    rows = [
+        [
+            kind,
+            f"{r['rss_before_kib'] / 1024:.1f} MiB",
+            f"{r['rss_idle_kib'] / 1024:.1f} MiB",
+            f"{r['idle_kib_per_conn']:.1f}",
+            f"{r['rss_after_event_kib'] / 1024:.1f} MiB",
+            f"{r['after_event_kib_per_conn']:.1f}",
+        ]
+        for kind, r in results.items()
+    ]
+    print()
+    print(
+        table(
+            [
+                "server",
+                "RSS before",
+                "RSS idle",
+                "KiB/conn idle",
+                "RSS after 1 event",
+                "KiB/conn after event",
+            ],
+            rows,
+            right=(1, 2, 3, 4, 5),
+        )
+    )
+    print()
+    report.details["memory"] = results
+    ours = results.get("cloudpbx")
+    if ours is None:
+        return
+    base = results.get("websockets")
+    note = f"baseline websockets {base['idle_kib_per_conn']:.1f} KiB" if base else ""
+    report.add(
+        suite,
+        f"KiB per idle connection ({count:,})",
+        f"{ours['idle_kib_per_conn']:.1f} KiB",
+        "<= 30 KiB",
+        ours["idle_kib_per_conn"] <= TARGET_KIB,
+        note,
+    )
+    note = f"baseline websockets {base['after_event_kib_per_conn']:.1f} KiB" if base else ""
+    report.add(
+        suite,
+        "KiB per connection after one event",
+        f"{ours['after_event_kib_per_conn']:.1f} KiB",
+        note=note,
+    )
+    if base and base["idle_kib_per_conn"] > 0:
+        report.add(
+            suite,
+            "idle memory vs baseline",
+            f"{ours['idle_kib_per_conn'] / base['idle_kib_per_conn']:.2f}x",
+        )

@@ -1,0 +1,164 @@
+"""The server under test: the real cloudpbx app under uvicorn, plus bench-only routes.
+
+Run as `python -m bench.serve` with `CLOUDPBX_*` environment variables (the project's own
+settings loader); it prints one JSON line `{"event": "ready", "port": ..., "pid": ...}`
+on stdout once it listens. Configuration is exactly `cloudpbx.server.uvicorn_config` (the
+production one); the only additions are routes under `/_bench/` on the same app:
+
+- `GET /_bench/cdr-static?pbx=&datestart=&datestop=`: the same `/cdr` page bytes,
+  computed once and then served precomputed (the framework baseline, no auth, no DB);
+- `POST /_bench/publish?pbx=&count=&rate=&step=`: publish `count` `subscriber` events
+  through `EventHub.publish` at `rate` per second; `connectPeerName` carries the publish
+  time (`time.time()`), `connectPeerNumber` the step number;
+- `GET /_bench/stats?pbx=`: subscribers on the PBX's channel, pid, RSS;
+- `POST /_bench/profile/start`, `POST /_bench/profile/stop?path=`: cProfile of the event
+  loop thread, written as a sorted text report;
+- `POST /_bench/shutdown`: a clean stop (lifespan shutdown runs, no signal involved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import io
+import os
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.responses import Response
+
+from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib
+from cloudpbx.api.responses import OrjsonResponse, page_response
+from cloudpbx.domain.dates import date_range
+from cloudpbx.domain.events import Subscriber
+from cloudpbx.domain.states import DeviceState
+from cloudpbx.runtime import Runtime, build_runtime
+from cloudpbx.server import attach_backends, uvicorn_config
+from cloudpbx.settings import load_settings
+from cloudpbx.storage.calls import JsonPage
+
+
+def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server) -> None:
+    pages: dict[tuple[str, str, str], JsonPage] = {}
+    profiler: dict[str, cProfile.Profile] = {}
+
+    async def cdr_static(pbx: str, datestart: str, datestop: str) -> Response:
+        key = (pbx, datestart, datestop)
+        page = pages.get(key)
+        if page is None:
+            tenant = await runtime.tenants.require(pbx)
+            period = date_range(datestart, datestop, tenant.zone)
+            page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
+            pages[key] = page
+        return page_response(page)
+
+    async def publish(
+        pbx: str, count: int, rate: float, step: int = 0, max_behind: float = 3.0
+    ) -> Response:
+        tenant = await runtime.tenants.require(pbx)
+        loop = asyncio.get_running_loop()
+        hub = runtime.hub
+        peer = f"{pbx}-101"
+        step_tag = str(step)
+        start = loop.time()
+        wall_start = time.time()
+        behind_max = 0.0
+        published = 0
+        for index in range(count):
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                behind_max = max(behind_max, -delay)
+                if behind_max > max_behind:
+                    break  # saturated: a longer backlog would measure only the backlog
+                await asyncio.sleep(0)  # never starve the senders, even when behind
+            published += 1
+            event = Subscriber(peer, DeviceState.IN_USE, step_tag, repr(time.time()))
+            await hub.publish(tenant, [event])
+        elapsed = loop.time() - start
+        return OrjsonResponse(
+            {
+                "published": published,
+                "t_first": wall_start,
+                "elapsed": elapsed,
+                "behind_max": behind_max,
+            }
+        )
+
+    async def stats(pbx: str = "") -> Response:
+        gc.collect()
+        return OrjsonResponse(
+            {
+                "pid": os.getpid(),
+                "rss_kib": rss_kib(os.getpid()),
+                "subscribers": runtime.bus.subscriber_count(f"pbx_{pbx}") if pbx else 0,
+                "tasks": len(asyncio.all_tasks()),
+            }
+        )
+
+    async def profile_start() -> Response:
+        prof = cProfile.Profile()
+        profiler["p"] = prof
+        prof.enable()
+        return OrjsonResponse({"profiling": True})
+
+    async def profile_stop(path: str, limit: int = 45) -> Response:
+        prof = profiler.pop("p", None)
+        if prof is None:
+            return OrjsonResponse({"profiling": False}, status_code=409)
+        prof.disable()
+        out = io.StringIO()
+        report = pstats.Stats(prof, stream=out)
+        report.sort_stats("tottime").print_stats(limit)
+        report.sort_stats("cumulative").print_stats(limit)
+        await asyncio.to_thread(Path(path).write_text, out.getvalue())
+        return OrjsonResponse({"written": path})
+
+    async def shutdown() -> Response:
+        server.should_exit = True
+        return OrjsonResponse({"stopping": True})
+
+    app.add_api_route("/_bench/cdr-static", cdr_static, methods=["GET"])
+    app.add_api_route("/_bench/publish", publish, methods=["POST"])
+    app.add_api_route("/_bench/stats", stats, methods=["GET"])
+    app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])
+    app.add_api_route("/_bench/profile/stop", profile_stop, methods=["POST"])
+    app.add_api_route("/_bench/shutdown", shutdown, methods=["POST"])
+
+
+async def main() -> None:
+    raise_fd_limit()
+    settings = load_settings()
+    runtime = build_runtime(settings)
+    await runtime.migrate()
+    await attach_backends(runtime)
+    config = uvicorn_config(runtime)
+    server = uvicorn.Server(config)
+    app: Any = config.app
+    install_bench_routes(app, runtime, server)
+    task = asyncio.create_task(server.serve())
+    for _ in range(3000):  # up to 30 s
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        if task.done():
+            task.result()
+        raise RuntimeError("the server did not start in 30 s")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    emit({"event": "ready", "port": port, "pid": os.getpid()})
+    await task
+
+
+if __name__ == "__main__":
+    # `cloudpbx serve` runs `asyncio.run(serve(...))`: the stdlib loop. BENCH_LOOP=uvloop
+    # measures the same server on uvloop instead.
+    if os.environ.get("BENCH_LOOP", "asyncio") == "uvloop":
+        install_uvloop()
+    asyncio.run(main())

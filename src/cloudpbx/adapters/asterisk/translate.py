@@ -1,0 +1,570 @@
+"""AMI messages in, contract events out: the `Translator`. No I/O.
+
+Mapping (AMI → contract):
+
+* `DeviceStateChange` of `PJSIP/<PBX>-<ext>`, `ExtensionStatus` of a one-device hint and
+  the channel events → `subscriber` (+ `connectPeerNumber/Name` while it has a call);
+* `ExtensionStatus` (also inside `ExtensionStateList`) → `extstatus`;
+* `QueueCallerJoin` / `QueueCallerLeave` (`Count`), `QueueParams` (`Calls`) → `queue`;
+* `QueueMemberStatus`, `QueueMemberPause` (with `m_reason`), `QueueMemberAdded`,
+  `QueueMemberRemoved`, `QueueMember` (the QueueStatus listing) → `qmember`;
+* `ConfbridgeJoin` / `ConfbridgeLeave`, `ConfbridgeList` (listing) → `cmember`.
+
+Anything else (`VarSet`, `TestEvent`, `RTCP*`, `PeerStatus`, `ContactStatus`, responses, ...)
+is ignored, and so is every header the mapping does not read.
+
+The translator keeps the state it last published and publishes *changes* only, so the
+startup listings (`ExtensionStateList`, `DeviceStateList`, `QueueStatus`,
+`ConfbridgeList`) publish what is new and nothing twice.
+
+State and grouping. `feed` only updates state and notes which subject it touched (a peer,
+a queue, a conference member); `flush` turns each touched subject into one batch — the
+events of one change, e.g. `[subscriber, extstatus, qmember]` for a phone — in the order
+the subjects were first touched. A caller feeds every message it has at hand (one read
+from the socket, or a few milliseconds' worth) and then flushes: the `DeviceStateChange`,
+`ExtensionStatus` and `QueueMemberStatus` of one device change arrive within a
+millisecond, in no fixed order, and come out together; transient states inside one
+flush window (a `Hangup` before the `DeviceStateChange` that follows it) are not
+published. Conference joins and leaves are events, not states: each is its own batch.
+
+Derived values (decisions, see the project's docs/decisions.md):
+
+* device state: `DeviceStateChange.State` text or the hint's `Status` bitmask reduced with
+  :func:`reduce_device_state`; `UNKNOWN` is Idle, `INVALID` Unavailable (Asterisk's own
+  device → extension state mapping);
+* 32 Connecting overrides it while the device places a call the other side has not
+  answered (see :mod:`.channels`); else Ringing; else 16 On Hold while its call is held;
+* `extstatus` of a hint gets the same overrides as the devices it watches, so a phone's
+  `subscriber` and `extstatus` agree;
+* `connectPeerNumber/Name`: the device's latest channel's connected line (`<unknown>`
+  replaced by the dialled number, or `""`), present exactly while the device has a channel;
+* a device whose state is still unknown (no `DeviceStateChange` or hint seen yet) is not
+  published, except as Connecting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cloudpbx.adapters.asterisk.channels import UNKNOWN_IDS, CallTracker
+from cloudpbx.adapters.asterisk.framing import AmiMessage
+from cloudpbx.adapters.asterisk.tenancy import Peer, TenantMap
+from cloudpbx.domain.events import (
+    ConferenceMember,
+    Event,
+    ExtStatus,
+    QueueCalls,
+    QueueMember,
+    Subscriber,
+)
+from cloudpbx.domain.states import DeviceState, MemberStatus, reduce_device_state
+
+__all__ = ["DEVICE_STATES", "Batch", "Translator", "device_state", "member_status"]
+
+Batch = tuple[str, list[Event]]
+"""`(pbx, events of one change)`, ready for `PbxSink.events`."""
+
+DEVICE_STATES: dict[str, DeviceState] = {
+    "UNKNOWN": DeviceState.IDLE,
+    "NOT_INUSE": DeviceState.IDLE,
+    "INUSE": DeviceState.IN_USE,
+    "BUSY": DeviceState.BUSY,
+    "INVALID": DeviceState.UNAVAILABLE,
+    "UNAVAILABLE": DeviceState.UNAVAILABLE,
+    "RINGING": DeviceState.RINGING,
+    "RINGINUSE": DeviceState.RINGING,
+    "ONHOLD": DeviceState.ON_HOLD,
+}
+"""`DeviceStateChange.State` → contract state (RINGINUSE is In Use + Ringing → 8)."""
+
+
+def device_state(text: str) -> DeviceState | None:
+    """`INUSE` → 1; None for a text Asterisk does not define."""
+    return DEVICE_STATES.get(text.upper())
+
+
+def member_status(text: str) -> MemberStatus:
+    """`QueueMember*.Status` (Asterisk's AST_DEVICE_* number) → `m_status`."""
+    try:
+        return MemberStatus(int(text))
+    except ValueError:
+        return MemberStatus.UNKNOWN
+
+
+@dataclass(slots=True, eq=False)
+class _Hint:
+    pbx: str
+    exten: str
+    devices: tuple[Peer, ...]
+    status: DeviceState | None = None
+    sent: DeviceState | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Member:
+    queue: str
+    status: MemberStatus = MemberStatus.UNKNOWN
+    calls_taken: int = 0
+    dynamic: bool = False
+    paused: bool = False
+    name: str = ""
+    location: str = ""
+    reason: str | None = None
+    force: bool = False
+    removed: bool = False
+    sent: tuple[object, ...] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Line:
+    """What is known about one endpoint (a phone, a trunk)."""
+
+    peer: Peer
+    base: DeviceState | None = None
+    sent: tuple[DeviceState, tuple[str, str] | None] | None = None
+    hints: dict[str, _Hint] = field(default_factory=dict)
+    members: dict[str, _Member] = field(default_factory=dict)
+    dirty_members: dict[str, None] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Queue:
+    calls: int = 0
+    sent: int | None = None
+
+
+_Handler = Callable[[AmiMessage], None]
+
+_CALL_STATES = frozenset(
+    {DeviceState.IN_USE, DeviceState.BUSY, DeviceState.RINGING, DeviceState.ON_HOLD}
+)
+
+
+class Translator:
+    """Turns AMI messages into contract events per PBX; see the module docstring."""
+
+    def __init__(self, tenants: TenantMap) -> None:
+        self.tenants = tenants
+        self.calls = CallTracker(tenants)
+        self._lines: dict[Peer, _Line] = {}
+        self._hints: dict[tuple[str, str], _Hint] = {}
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._rooms: dict[tuple[str, str], set[str]] = {}
+        self._touched: dict[Hashable, None] = {}
+        self._pending: dict[int, Batch] = {}
+        self._serial = 0
+        self._handlers: dict[str, _Handler] = {
+            "DeviceStateChange": self._device_state_change,
+            "ExtensionStatus": self._extension_status,
+            "Newchannel": self._new_channel,
+            "Newstate": self._refresh_channel,
+            "NewConnectedLine": self._refresh_channel,
+            "NewCallerid": self._refresh_channel,
+            "CoreShowChannel": self._refresh_channel,
+            "DialBegin": self._dial_begin,
+            "DialEnd": self._dial_end,
+            "Hangup": self._hangup,
+            "Hold": self._hold,
+            "Unhold": self._unhold,
+            "QueueCallerJoin": self._queue_caller_join,
+            "QueueCallerLeave": self._queue_caller_leave,
+            "QueueParams": self._queue_params,
+            "QueueEntry": self._queue_entry,
+            "QueueMemberStatus": self._member_status,
+            "QueueMember": self._member_status,
+            "QueueMemberPause": self._member_pause,
+            "QueueMemberAdded": self._member_added,
+            "QueueMemberRemoved": self._member_removed,
+            "ConfbridgeJoin": self._conference_join,
+            "ConfbridgeLeave": self._conference_leave,
+            "ConfbridgeList": self._conference_list,
+        }
+
+    # -- public -----------------------------------------------------------------------------
+
+    def feed(self, msg: AmiMessage) -> None:
+        """Apply one message; its events come out of the next `flush`."""
+        name = msg.event
+        if name is None:
+            return
+        handler = self._handlers.get(name)
+        if handler is not None:
+            handler(msg)
+
+    def flush(self) -> list[Batch]:
+        """The changes since the last flush, one batch per touched subject, in order."""
+        out: list[Batch] = []
+        for key in self._touched:
+            batch = self._batch(key)
+            if batch is not None and batch[1]:
+                out.append(batch)
+        self._touched.clear()
+        self._pending.clear()
+        return out
+
+    def translate(self, msg: AmiMessage) -> list[Batch]:
+        """`feed` then `flush`: one message, its changes."""
+        self.feed(msg)
+        return self.flush()
+
+    def reset_calls(self) -> None:
+        """Forget live channels (after a lost connection, before the startup listing)."""
+        self.calls.clear()
+
+    # -- devices and hints --------------------------------------------------------------------
+
+    def _line(self, peer: Peer) -> _Line:
+        line = self._lines.get(peer)
+        if line is None:
+            line = self._lines[peer] = _Line(peer)
+        return line
+
+    def _touch_peer(self, peer: Peer | None) -> None:
+        if peer is None:
+            return
+        self._touched[("line", peer)] = None
+        line = self._lines.get(peer)
+        if line is not None:
+            for hint in line.hints.values():
+                if len(hint.devices) > 1:
+                    self._touched[("hint", hint.pbx, hint.exten)] = None
+
+    def _device_state_change(self, msg: AmiMessage) -> None:
+        peer = self.tenants.device(msg.value("Device"))
+        if peer is None:
+            return
+        state = device_state(msg.value("State"))
+        if state is None:
+            return
+        self._line(peer).base = state
+        self._touch_peer(peer)
+
+    def _extension_status(self, msg: AmiMessage) -> None:
+        exten = msg.value("Exten")
+        try:
+            bits = int(msg.value("Status"))
+        except ValueError:
+            return
+        if not exten:
+            return
+        resolved = self._hint_devices(msg.value("Hint"), msg.value("Context"))
+        if resolved is None:
+            return
+        pbx, devices = resolved
+        key = (pbx, exten)
+        hint = self._hints.get(key)
+        if hint is None or hint.devices != devices:
+            if hint is not None:
+                for peer in hint.devices:
+                    self._line(peer).hints.pop(exten, None)
+            sent = None if hint is None else hint.sent
+            hint = self._hints[key] = _Hint(pbx, exten, devices, sent=sent)
+            for peer in devices:
+                self._line(peer).hints[exten] = hint
+        hint.status = reduce_device_state(bits)
+        if len(devices) == 1:
+            if bits >= 0:
+                self._line(devices[0]).base = hint.status
+            self._touched[("line", devices[0])] = None
+        else:
+            self._touched[("hint", pbx, exten)] = None
+
+    def _hint_devices(self, hint: str, context: str) -> tuple[str, tuple[Peer, ...]] | None:
+        """The PBX and the known endpoints of a hint (`PJSIP/A&PJSIP/B,CustomPresence:x`).
+
+        An endpoint-like device of no known PBX, or devices of two PBXes: None (drop).
+        Without any endpoint the hint's context decides.
+        """
+        devices = hint.split(",", 1)[0]
+        peers: list[Peer] = []
+        for device in devices.split("&") if devices else ():
+            peer = self.tenants.device(device)
+            if peer is not None:
+                peers.append(peer)
+            elif device.partition("/")[0] in self.tenants.endpoint_techs:
+                return None
+        pbxes = {peer.pbx for peer in peers}
+        if len(pbxes) > 1:
+            return None
+        pbx = pbxes.pop() if pbxes else self.tenants.context(context)
+        if pbx is None:
+            return None
+        return pbx, tuple(peers)
+
+    def _derive(self, peers: tuple[Peer, ...], base: DeviceState | None) -> DeviceState | None:
+        calls = self.calls
+        if any(calls.connecting(peer) for peer in peers):
+            return DeviceState.CONNECTING
+        if base is DeviceState.RINGING:
+            return base
+        if any(calls.held(peer) for peer in peers):
+            return DeviceState.ON_HOLD
+        return base
+
+    def _line_events(self, line: _Line) -> list[Event]:
+        events: list[Event] = []
+        peer = line.peer
+        party = self.calls.party(peer)
+        if (
+            party is None
+            and line.base in _CALL_STATES
+            and line.sent is not None
+            and line.sent[1] is not None
+        ):
+            # The call's last channel is gone, the device state saying so is still on its
+            # way (`Hangup` comes up to a few ms before `DeviceStateChange`): publish the
+            # end of the call once, when the state arrives, not a call-less "In Use".
+            return self._member_events(line)
+        state = self._derive((peer,), line.base)
+        if state is not None:
+            if state is DeviceState.IDLE or state is DeviceState.UNAVAILABLE:
+                # A channel being set up on an idle phone is no call yet.
+                party = None
+            current = (state, party)
+            if current != line.sent:
+                line.sent = current
+                party = current[1]
+                events.append(
+                    Subscriber(
+                        peer.name,
+                        state,
+                        connect_peer_number=None if party is None else party[0],
+                        connect_peer_name=None if party is None else party[1],
+                    )
+                )
+        for hint in line.hints.values():
+            if len(hint.devices) == 1:
+                ext = self._hint_event(hint)
+                if ext is not None:
+                    events.append(ext)
+        events.extend(self._member_events(line))
+        return events
+
+    def _member_events(self, line: _Line) -> list[Event]:
+        events: list[Event] = []
+        for queue in line.dirty_members:
+            member = line.members.get(queue)
+            if member is not None:
+                qmember = self._member_event(line, member)
+                if qmember is not None:
+                    events.append(qmember)
+        line.dirty_members.clear()
+        return events
+
+    def _hint_event(self, hint: _Hint) -> ExtStatus | None:
+        if hint.status is None:
+            return None
+        state = self._derive(hint.devices, hint.status)
+        if state is None or state == hint.sent:
+            return None
+        hint.sent = state
+        return ExtStatus(hint.exten, state)
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def _new_channel(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.new_channel(msg))
+
+    def _refresh_channel(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.refresh(msg))
+
+    def _dial_begin(self, msg: AmiMessage) -> None:
+        for peer in self.calls.dial_begin(msg):
+            self._touch_peer(peer)
+
+    def _dial_end(self, msg: AmiMessage) -> None:
+        for peer in self.calls.dial_end(msg):
+            self._touch_peer(peer)
+
+    def _hangup(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.hangup(msg))
+
+    def _hold(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.set_held(msg, True))
+
+    def _unhold(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.set_held(msg, False))
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def _queue_count(self, queue: str, count: str) -> None:
+        pbx = self.tenants.queue(queue)
+        if pbx is None or not count.isdigit():
+            return
+        key = (pbx, queue)
+        state = self._queues.get(key)
+        if state is None:
+            state = self._queues[key] = _Queue()
+        state.calls = int(count)
+        self._touched[("queue", pbx, queue)] = None
+
+    def _queue_caller_join(self, msg: AmiMessage) -> None:
+        self._queue_count(msg.value("Queue"), msg.value("Count"))
+        self._touch_peer(self.calls.set_queued(msg, True))
+
+    def _queue_caller_leave(self, msg: AmiMessage) -> None:
+        self._queue_count(msg.value("Queue"), msg.value("Count"))
+        self._touch_peer(self.calls.set_queued(msg, False))
+
+    def _queue_params(self, msg: AmiMessage) -> None:
+        self._queue_count(msg.value("Queue"), msg.value("Calls"))
+
+    def _queue_entry(self, msg: AmiMessage) -> None:
+        self._touch_peer(self.calls.mark_queued(msg.value("Uniqueid")))
+
+    def _member(self, msg: AmiMessage) -> tuple[_Line, _Member] | None:
+        """The member a `QueueMember*` event describes, updated from it.
+
+        Its PBX is the queue's owner; a member whose endpoint belongs to another PBX is
+        dropped. A queue no rule names belongs to the PBX of the member's endpoint.
+        """
+        queue = msg.value("Queue")
+        interface = msg.value("Interface") or msg.value("Location")
+        state_interface = msg.value("StateInterface")
+        peer = None
+        if state_interface:
+            peer = self.tenants.interface(state_interface)
+        if peer is None and interface:
+            peer = self.tenants.interface(interface)
+        if peer is None or not queue:
+            return None
+        owner = self.tenants.queue(queue)
+        if owner is not None and owner != peer.pbx:
+            return None
+        line = self._line(peer)
+        member = line.members.get(queue)
+        if member is None:
+            member = line.members[queue] = _Member(queue)
+        member.status = member_status(msg.value("Status"))
+        calls_taken = msg.value("CallsTaken")
+        member.calls_taken = int(calls_taken) if calls_taken.isdigit() else 0
+        member.dynamic = msg.value("Membership").lower() == "dynamic"
+        member.paused = msg.value("Paused") == "1"
+        member.name = msg.value("MemberName") or msg.value("Name")
+        member.location = interface
+        member.removed = False
+        line.dirty_members[queue] = None
+        self._touched[("line", peer)] = None
+        return line, member
+
+    def _member_status(self, msg: AmiMessage) -> None:
+        self._member(msg)
+
+    def _member_pause(self, msg: AmiMessage) -> None:
+        found = self._member(msg)
+        if found is not None:
+            member = found[1]
+            member.reason = msg.value("PausedReason")
+            member.force = True
+
+    def _member_added(self, msg: AmiMessage) -> None:
+        found = self._member(msg)
+        if found is not None:
+            found[1].force = True
+
+    def _member_removed(self, msg: AmiMessage) -> None:
+        found = self._member(msg)
+        if found is not None:
+            found[1].force = True
+            found[1].removed = True
+
+    def _member_event(self, line: _Line, member: _Member) -> QueueMember | None:
+        current = (
+            member.status,
+            member.calls_taken,
+            member.dynamic,
+            member.paused,
+            member.name,
+            member.location,
+        )
+        reason = member.reason
+        force = member.force
+        member.reason = None
+        member.force = False
+        if member.removed:
+            del line.members[member.queue]
+        if current == member.sent and not force:
+            return None
+        member.sent = current
+        return QueueMember(
+            peer=line.peer.name,
+            queue=member.queue,
+            status=member.status,
+            calls_taken=member.calls_taken,
+            dynamic=member.dynamic,
+            paused=member.paused,
+            name=member.name,
+            location=member.location,
+            reason=reason,
+        )
+
+    # -- conferences ---------------------------------------------------------------------------
+
+    def _conference(
+        self, msg: AmiMessage, action: Literal["add", "remove"], *, listing: bool = False
+    ) -> None:
+        conference = msg.value("Conference")
+        channel = msg.value("Channel")
+        if not conference or not channel:
+            return
+        owner = self.tenants.conference(conference)
+        member = self.tenants.channel(channel)
+        if owner is not None and member is not None and owner != member.pbx:
+            return
+        pbx = owner if owner is not None else None if member is None else member.pbx
+        if pbx is None:
+            return
+        room = self._rooms.setdefault((pbx, conference), set())
+        if action == "add":
+            if listing and channel in room:
+                return
+            room.add(channel)
+        else:
+            room.discard(channel)
+            if not room:
+                del self._rooms[(pbx, conference)]
+        name = msg.value("CallerIDName")
+        number = msg.value("CallerIDNum")
+        event = ConferenceMember(
+            channel=channel,
+            action=action,
+            conference=conference,
+            caller_id_name="" if name in UNKNOWN_IDS else name,
+            caller_id_num="" if number in UNKNOWN_IDS else number,
+        )
+        self._serial += 1
+        self._pending[self._serial] = (pbx, [event])
+        self._touched[("event", self._serial)] = None
+
+    def _conference_join(self, msg: AmiMessage) -> None:
+        self._conference(msg, "add")
+
+    def _conference_leave(self, msg: AmiMessage) -> None:
+        self._conference(msg, "remove")
+
+    def _conference_list(self, msg: AmiMessage) -> None:
+        self._conference(msg, "add", listing=True)
+
+    # -- flushing ------------------------------------------------------------------------------
+
+    def _batch(self, key: Hashable) -> Batch | None:
+        assert isinstance(key, tuple)
+        kind = key[0]
+        if kind == "line":
+            peer: Peer = key[1]
+            return peer.pbx, self._line_events(self._line(peer))
+        if kind == "event":
+            return self._pending.get(key[1])
+        if kind == "queue":
+            state = self._queues.get((key[1], key[2]))
+            if state is None or state.calls == state.sent:
+                return None
+            state.sent = state.calls
+            return key[1], [QueueCalls(key[2], state.calls)]
+        if kind == "hint":
+            hint = self._hints.get((key[1], key[2]))
+            event = None if hint is None else self._hint_event(hint)
+            return None if event is None else (key[1], [event])
+        return None

@@ -1,0 +1,264 @@
+"""Running programs inside the lab chroot, each in its own private mount namespace.
+
+Every program of the lab runs as `unshare --mount --propagation private` + `chroot`, with
+/proc, /dev and a private /etc/resolv.conf mounted *inside* that namespace only: the host
+never sees a lab mount, and the mounts vanish with the last process of the namespace, so
+nothing is left mounted when the lab is down, even after a crash or a SIGKILL.
+
+Long-running programs (asterisk, baresip) are started through `setsid -f`: they are session
+leaders, detached from whoever started them, and their pid is written by the shell that then
+`exec`s into them, so the pid file names the program itself. They are stopped by that pid
+(and their session), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CHROOT_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "TERM": "dumb",
+}
+
+
+class LabProcessError(RuntimeError):
+    """A lab program could not be run or stopped."""
+
+
+def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> str:
+    """The `sh -c` body: mounts inside the new namespace, then `exec chroot ROOT "$@"`."""
+    r = _quote(str(root))
+    lines = ["set -e"]
+    if pidfile is not None:
+        lines.append(f"echo $$ > {_quote(str(pidfile))}")
+    lines += [
+        f"mount -t proc proc {r}/proc",
+        f"mount --rbind /dev {r}/dev",
+    ]
+    if resolv_conf is not None:
+        lines.append(f"mount --bind {_quote(str(resolv_conf))} {r}/etc/resolv.conf")
+    lines.append(f'exec chroot {r} "$@"')
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _prepare(root: Path, resolv_conf: Path | None) -> None:
+    for sub in ("proc", "dev"):
+        (root / sub).mkdir(exist_ok=True)
+    if resolv_conf is not None:
+        target = root / "etc" / "resolv.conf"
+        if target.is_symlink():
+            target.unlink()
+        if not target.exists():
+            target.touch()
+
+
+def run_in_chroot(
+    root: Path,
+    argv: Sequence[str],
+    *,
+    resolv_conf: Path | None = None,
+    timeout: float | None = None,
+    capture: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one command in the chroot and wait for it (stdout+stderr captured as text)."""
+    _prepare(root, resolv_conf)
+    script = _namespace_script(root, resolv_conf, None)
+    cmd = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"]
+    return subprocess.run(
+        [*cmd, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        text=True,
+        timeout=timeout,
+        env=dict(env if env is not None else CHROOT_ENV),
+        check=False,
+    )
+
+
+def spawn_in_chroot(
+    root: Path,
+    argv: Sequence[str],
+    *,
+    pidfile: Path,
+    logfile: Path,
+    resolv_conf: Path | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """Start a long-running program in the chroot, detached; returns its pid.
+
+    The pid is the program's own (sh writes `$$` and then `exec`s into unshare's child
+    chain: unshare, sh and chroot all exec, none forks).
+    """
+    _prepare(root, resolv_conf)
+    pidfile.unlink(missing_ok=True)
+    script = _namespace_script(root, resolv_conf, pidfile)
+    cmd = [
+        "setsid",
+        "-f",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+        "sh",
+        *argv,
+    ]
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with logfile.open("ab") as log:
+        done = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=dict(CHROOT_ENV),
+            check=False,
+            timeout=timeout,
+        )
+    if done.returncode != 0:
+        raise LabProcessError(f"could not start {argv[0]} (setsid exit {done.returncode})")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = read_pid(pidfile)
+        if pid is not None:
+            return pid
+        time.sleep(0.01)
+    raise LabProcessError(f"{argv[0]} did not start: see {logfile}")
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        text = pidfile.read_text().strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    session: int
+    state: str
+    comm: str
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """From /proc/PID/stat, or None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return ProcInfo(pid, int(fields[1]), int(fields[3]), fields[0], comm)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is not: its parent has not reaped it yet, but it is gone)."""
+    info = proc_info(pid)
+    return info is not None and info.state not in ("Z", "X")
+
+
+def lab_process(pid: int | None, program: str) -> bool:
+    """The pid is one of ours: alive, a session leader (setsid), running `program`."""
+    if pid is None:
+        return False
+    info = proc_info(pid)
+    if info is None or info.state in ("Z", "X") or info.session != pid:
+        return False
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return os.path.basename(exe.removesuffix(" (deleted)")) == program
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def session_members(session: int) -> list[int]:
+    """Live processes of a session (the leader first when alive)."""
+    found = []
+    for pid in all_pids():
+        info = proc_info(pid)
+        if info is not None and info.session == session and info.state not in ("Z", "X"):
+            found.append(pid)
+    return sorted(found, key=lambda p: p != session)
+
+
+def chrooted_in(root: Path) -> list[int]:
+    """Live processes whose root directory is `root` (what the lab started, whatever it is)."""
+    target = os.path.realpath(root)
+    found = []
+    for pid in all_pids():
+        if pid == os.getpid():
+            continue
+        try:
+            link = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            continue
+        if link.removesuffix(" (deleted)") == target and alive(pid):
+            found.append(pid)
+    return found
+
+
+def stop(pid: int, *, timeout: float = 10.0, sig: int = signal.SIGTERM) -> bool:
+    """SIGTERM a lab program (and its session), SIGKILL what is left after `timeout`.
+
+    Returns True when it went away on the first signal.
+    """
+    members = session_members(pid)
+    _signal(members or [pid], sig)
+    if _wait_gone(members or [pid], timeout):
+        return True
+    _signal(session_members(pid) or [pid], signal.SIGKILL)
+    if not _wait_gone([pid, *members], 5.0):
+        raise LabProcessError(f"process {pid} survived SIGKILL")
+    return False
+
+
+def kill_all(pids: Sequence[int], timeout: float = 5.0) -> None:
+    """SIGTERM then SIGKILL these pids (left-overs found by `chrooted_in`)."""
+    _signal(pids, signal.SIGTERM)
+    if not _wait_gone(pids, timeout):
+        _signal(pids, signal.SIGKILL)
+        if not _wait_gone(pids, 5.0):
+            raise LabProcessError(f"processes {list(pids)} survived SIGKILL")
+
+
+def _signal(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not any(alive(pid) for pid in pids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)

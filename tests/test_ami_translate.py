@@ -1,0 +1,486 @@
+"""The translator on every lab transcript, against events written out by hand.
+
+How the expectations were made: reading each transcript (`tests/data/ami/*.jsonl`) and
+applying the mapping of `cloudpbx.adapters.asterisk.translate` by hand. The harness feeds
+what arrived in the same millisecond as one chunk and flushes after it, so each expected
+batch is "the changes of that millisecond, per phone / queue / room". Comments name the
+transcript lines (0-based line numbers of the .jsonl) each batch comes from.
+
+Lab facts behind some values: `MojaCentrala-102` has `device_state_busy_at=1` (Busy, not
+Ringing, while it rings); the Originate `CallerID: Dial 102 <102>` becomes both the
+caller id of 101's leg and the connected line 102's phone shows; phone 104 never
+answers; 105 is not registered.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from cloudpbx.adapters.asterisk.framing import AmiMessage, AmiParser
+from cloudpbx.adapters.asterisk.tenancy import TenantMap, TenantRule
+from cloudpbx.adapters.asterisk.translate import Batch, Translator
+from cloudpbx.domain.events import group_into_texts
+from tests.test_ami_support import SCENARIOS, bursts, received
+
+PBX = "MojaCentrala"
+LAB = TenantRule(PBX, queues=frozenset({"Kolejka1"}), conferences=frozenset({"SesjaRady"}))
+
+Item = tuple[str, dict[str, Any]]
+
+
+def sub(ext: str, status: int, number: str | None = None, name: str | None = None) -> Item:
+    payload: dict[str, Any] = {"peer": f"MojaCentrala-{ext}", "statusValue": status}
+    if number is not None:
+        payload["connectPeerNumber"] = number
+        payload["connectPeerName"] = name
+    return "subscriber", payload
+
+
+def ext(exten: str, status: int) -> Item:
+    return "extstatus", {"exten": exten, "status": status}
+
+
+def qm(ext: str, status: str, ct: str, paused: str, name: str, reason: str | None = None) -> Item:
+    payload: dict[str, Any] = {
+        "peer": f"MojaCentrala-{ext}",
+        "queue": "Kolejka1",
+        "m_status": status,
+        "m_ct": ct,
+        "m_mbshp": "static",
+        "m_paused": paused,
+    }
+    if reason is not None:
+        payload["m_reason"] = reason
+    payload["m_name"] = name
+    payload["m_location"] = f"PJSIP/MojaCentrala-{ext}"
+    return "qmember", payload
+
+
+def queue(calls: str) -> Item:
+    return "queue", {"peer": "Kolejka1", "calls": calls}
+
+
+def cm(channel: str, action: str, number: str, name: str) -> Item:
+    return "cmember", {
+        "channel": channel,
+        "action": action,
+        "conference": "SesjaRady",
+        "callerIDName": name,
+        "callerIDNum": number,
+    }
+
+
+AGENT1, AGENT2 = "Agent 1", "Agent 2"
+CONF101 = "PJSIP/MojaCentrala-101-00000004"
+CONF103 = "PJSIP/MojaCentrala-103-00000005"
+
+EXPECTED: dict[str, list[list[Item]]] = {
+    # Events: off; the startup listings. ExtensionStateList (9-13) publishes each phone;
+    # DeviceStateList (17-27) agrees and adds nothing (MWI:, Queue: devices are not
+    # phones); QueueStatus (45-47) publishes the queue and its two agents.
+    "initial_state": [
+        [sub("104", 0), ext("104", 0)],
+        [sub("105", 4), ext("105", 4)],
+        [sub("101", 0), ext("101", 0)],
+        [sub("102", 0), ext("102", 0)],
+        [sub("103", 0), ext("103", 0)],
+        [queue("0")],
+        [qm("101", "1", "0", "0", AGENT1)],
+        [qm("102", "1", "0", "0", AGENT2)],
+    ],
+    # 103 un-REGISTERs (PeerStatus and ContactStatus are not used: the device state
+    # says the same within the millisecond), then REGISTERs again.
+    "register": [
+        [sub("103", 4), ext("103", 4)],  # 8, 10
+        [sub("103", 0), ext("103", 0)],  # 19 (20 agrees)
+    ],
+    # Originate 101 -> 102. 101's leg rings (8) with "Dial 102" as caller, is answered
+    # (1), dials 102 (32) until 102 answers (1); 102 shows Busy while ringing.
+    "originate": [
+        [sub("101", 8, "102", "Dial 102"), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],
+        [sub("101", 1, "102", "Dial 102"), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],
+        [sub("101", 32, "102", "MojaCentrala 102"), ext("101", 32)],  # 51 DialBegin, 52
+        [sub("102", 2, "102", "Dial 102")],  # 53, 54 (the hint follows 1 ms later)
+        [ext("102", 2), qm("102", "3", "0", "0", AGENT2)],  # 55, 60
+        [sub("101", 1, "102", "MojaCentrala 102"), ext("101", 1)],  # 66 DialEnd ANSWER
+        [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 99-118
+        [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],
+    ],
+    # The same call with `Events: system,call,agent,cdr`; different millisecond cuts.
+    "originate_filtered": [
+        [sub("101", 8, "102", "Dial 102"), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],
+        [sub("101", 1, "102", "Dial 102"), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],
+        [sub("101", 32, "102", "Dial 102"), ext("101", 32)],  # 24 DialBegin
+        [sub("101", 32, "102", "MojaCentrala 102")],  # 25 NewConnectedLine
+        [sub("102", 2, "102", "Dial 102"), ext("102", 2), qm("102", "3", "0", "0", AGENT2)],
+        [sub("101", 1, "102", "MojaCentrala 102"), ext("101", 1)],  # 33 DialEnd
+        [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 42-45
+        [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],  # 48-51
+    ],
+    # Agents paused; 103 calls the queue (500) and waits (32) until agent 101 answers.
+    "queue": [
+        [qm("101", "1", "0", "1", AGENT1, "Przerwa")],  # 8
+        [qm("102", "1", "0", "1", AGENT2, "Lunch")],  # 13 (paused in all queues)
+        [sub("103", 32, "500", "")],  # 19 Newchannel in state Ring, dialled 500
+        [sub("103", 1, "500", ""), ext("103", 1)],  # 24-27 answered by the dialplan
+        [queue("1")],  # 39 QueueCallerJoin
+        [sub("103", 32, "500", ""), ext("103", 32)],  # waiting in the queue
+        # 43-46 QueueStatus repeats what is known: nothing.
+        [qm("101", "1", "0", "0", AGENT1, "")],  # 56 unpaused
+        [sub("101", 8, "103", "MojaCentrala 103"), ext("101", 8)],  # 62-66
+        [qm("101", "6", "0", "0", AGENT1)],  # 69
+        [sub("101", 1, "103", "MojaCentrala 103"), ext("101", 1)],  # 71, 79
+        [sub("103", 32, "101", "MojaCentrala 101")],  # 72 DialEnd, 73 still queued
+        [qm("101", "2", "0", "0", AGENT1)],  # 89, 95
+        [queue("0")],  # 91 QueueCallerLeave (when the agent answers)
+        [sub("103", 1, "101", "MojaCentrala 101"), ext("103", 1)],
+        # 106-108 QueueStatus again: nothing new.
+        [sub("103", 0), ext("103", 0)],  # 141, 148, 151
+        [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 149-154
+        [qm("102", "1", "0", "0", AGENT2, "")],  # 158 unpaused
+    ],
+    # 101 and 103 dial 600 (ConfBridge SesjaRady) and leave one by one.
+    "conference": [
+        [sub("101", 32, "600", "")],  # 10 Ring
+        [sub("101", 1, "600", ""), ext("101", 1), qm("101", "2", "1", "0", AGENT1)],
+        [cm(CONF101, "add", "101", "MojaCentrala 101")],  # 28
+        [sub("103", 32, "600", "")],  # 34
+        [sub("103", 1, "600", ""), ext("103", 1)],  # 40-42
+        [cm(CONF103, "add", "103", "MojaCentrala 103")],  # 50
+        # 57-58 ConfbridgeList: both already known.
+        [cm(CONF101, "remove", "101", "MojaCentrala 101")],  # 73
+        [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 81-84
+        [cm(CONF103, "remove", "103", "MojaCentrala 103")],  # 92
+        # 102 Hangup of 103 one millisecond before its device state: no call-less
+        # "In Use" in between.
+        [sub("103", 0), ext("103", 0)],  # 103, 104
+    ],
+    "failed": [
+        # e1: Originate 101 -> 105 (not registered): 101 rings, answers, the Dial fails
+        # at once (CHANUNAVAIL, no DialBegin, so never 32) and 101 hangs up.
+        [sub("101", 8, "105", "Dial 105"), ext("101", 8), qm("101", "6", "1", "0", AGENT1)],
+        [sub("101", 1, "105", "Dial 105"), ext("101", 1), qm("101", "2", "1", "0", AGENT1)],
+        [sub("101", 0), ext("101", 0)],  # 54, 56
+        [qm("101", "1", "1", "0", AGENT1)],  # 58
+        # e2: Originate 101 -> 104 (never answers, Dial timeout 8 s). The channel set up
+        # on idle 101 (64-70) is no call yet.
+        [sub("101", 8, "104", "Dial 104"), ext("101", 8), qm("101", "6", "1", "0", AGENT1)],
+        [sub("101", 1, "104", "Dial 104"), ext("101", 1)],  # 76, 77
+        [qm("101", "2", "1", "0", AGENT1)],  # 84
+        [sub("101", 32, "104", "MojaCentrala 104"), ext("101", 32)],  # 108, 111
+        [sub("104", 8, "104", "Dial 104"), ext("104", 8)],  # 109, 110
+        [sub("101", 1, "104", "MojaCentrala 104"), ext("101", 1)],  # 125 NOANSWER
+        [sub("104", 0), ext("104", 0)],  # 136
+        [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 138-144
+        # e3, e4 (105 unregistered), e6 (no such exten), e7 (bad tech): no channels.
+        # e5: Originate 104 alone, rings 6 s with no caller id, never answered.
+        [sub("104", 8, "", ""), ext("104", 8)],  # 160, 161
+        [sub("104", 0), ext("104", 0)],  # 172 Hangup, then 175, 176
+    ],
+}
+
+
+def items(batches: list[Batch]) -> list[list[Item]]:
+    assert all(pbx == PBX for pbx, _ in batches)
+    return [[(e.event_type, e.payload()) for e in events] for _, events in batches]
+
+
+def run_bursts(translator: Translator, chunks: list[bytes]) -> list[Batch]:
+    parser = AmiParser()
+    out: list[Batch] = []
+    for chunk in chunks:
+        for msg in parser.feed(chunk):
+            translator.feed(msg)
+        out.extend(translator.flush())
+    return out
+
+
+def test_every_transcript_has_expectations() -> None:
+    assert set(EXPECTED) == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_transcript_translates_to_the_expected_events(scenario: str) -> None:
+    batches = run_bursts(Translator(TenantMap([LAB])), bursts(scenario))
+    assert items(batches) == EXPECTED[scenario]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_each_batch_is_one_message(scenario: str) -> None:
+    """A batch of a phone holds one event per type, so it travels as one `text`."""
+    for _, events in run_bursts(Translator(TenantMap([LAB])), bursts(scenario)):
+        assert len(group_into_texts(events)) == 1
+
+
+def last_states(batches: list[Batch]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last payload per subject: what a client shows once everything arrived."""
+    state: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, events in batches:
+        for event in events:
+            payload = event.payload()
+            subject = payload.get("peer") or payload.get("exten") or payload.get("channel")
+            key = (event.event_type, f"{subject}/{payload.get('queue', '')}")
+            state[key] = payload
+    return state
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_final_state_does_not_depend_on_how_often_we_flush(scenario: str) -> None:
+    data = received(scenario)
+    expected = last_states(run_bursts(Translator(TenantMap([LAB])), bursts(scenario)))
+    rng = random.Random(scenario)
+    for _ in range(3):
+        cuts = sorted(rng.sample(range(1, len(data)), 40))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert last_states(run_bursts(Translator(TenantMap([LAB])), chunks)) == expected
+    one_by_one = Translator(TenantMap([LAB]))
+    flushed = [b for m in AmiParser().feed(data) for b in one_by_one.translate(m)]
+    assert last_states(flushed) == expected
+
+
+# -- tenancy -------------------------------------------------------------------------------
+
+
+def renamed(chunks: list[bytes], pbx: str, epoch: str) -> list[bytes]:
+    """The same calls on another tenant: endpoints, contexts, queue, room and uniqueids."""
+    out = []
+    for chunk in chunks:
+        chunk = chunk.replace(b"MojaCentrala", pbx.encode())
+        chunk = chunk.replace(b"Kolejka1", f"{pbx}-Kolejka".encode())
+        chunk = chunk.replace(b"SesjaRady", f"{pbx}-Sala".encode())
+        out.append(chunk.replace(b"17958", epoch.encode()))
+    return out
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_events_of_unknown_tenants_are_dropped(scenario: str) -> None:
+    translator = Translator(TenantMap.of("InnaCentrala", "Moja"))
+    assert run_bursts(translator, bursts(scenario)) == []
+    translator = Translator(TenantMap([LAB]))
+    assert run_bursts(translator, renamed(bursts(scenario), "ObcaCentrala", "27958")) == []
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_interleaved_tenants_each_get_only_their_own(scenario: str) -> None:
+    tenants = TenantMap([LAB, TenantRule("InnaCentrala")])
+    own = bursts(scenario)
+    other = renamed(own, "InnaCentrala", "37958")
+    stranger = renamed(own, "ObcaCentrala", "47958")
+    chunks = [c for trio in zip(own, other, stranger, strict=True) for c in trio]
+    batches = run_bursts(Translator(tenants), chunks)
+    mine = [(pbx, events) for pbx, events in batches if pbx == PBX]
+    theirs = [(pbx, events) for pbx, events in batches if pbx != PBX]
+    assert items(mine) == EXPECTED[scenario]
+    assert {pbx for pbx, _ in theirs} <= {"InnaCentrala"}
+    assert len(theirs) == len(mine)
+    for (_, a), (_, b) in zip(mine, theirs, strict=True):
+        assert [e.event_type for e in a] == [e.event_type for e in b]
+        for event in b:
+            text = repr(event.payload())
+            assert "MojaCentrala" not in text and "Kolejka1" not in text
+
+
+def msg(*headers: tuple[str, str]) -> AmiMessage:
+    return AmiMessage(headers)
+
+
+def test_shared_queue_and_room_never_show_another_tenant() -> None:
+    tenants = TenantMap([LAB, TenantRule("InnaCentrala")])
+    translator = Translator(tenants)
+    # A member of LAB's queue whose endpoint is InnaCentrala's: dropped.
+    translator.feed(
+        msg(
+            ("Event", "QueueMemberStatus"),
+            ("Queue", "Kolejka1"),
+            ("MemberName", "Intruz"),
+            ("Interface", "PJSIP/InnaCentrala-201"),
+            ("StateInterface", "PJSIP/InnaCentrala-201"),
+            ("Membership", "dynamic"),
+            ("CallsTaken", "0"),
+            ("Status", "1"),
+            ("Paused", "0"),
+        )
+    )
+    # InnaCentrala's phone in LAB's room: dropped.
+    translator.feed(
+        msg(
+            ("Event", "ConfbridgeJoin"),
+            ("Conference", "SesjaRady"),
+            ("Channel", "PJSIP/InnaCentrala-201-0000000a"),
+            ("CallerIDNum", "201"),
+            ("CallerIDName", "Intruz"),
+        )
+    )
+    # A hint of an endpoint no tenant has, in a context that looks like LAB's: dropped.
+    translator.feed(
+        msg(
+            ("Event", "ExtensionStatus"),
+            ("Exten", "301"),
+            ("Context", "MojaCentrala"),
+            ("Hint", "PJSIP/ObcaCentrala-301"),
+            ("Status", "0"),
+        )
+    )
+    # A queue nobody owns: its caller count goes nowhere.
+    translator.feed(msg(("Event", "QueueParams"), ("Queue", "Cudza"), ("Calls", "3")))
+    assert translator.flush() == []
+    # A dynamic member of InnaCentrala in a queue nobody lists, via a Local interface.
+    translator.feed(
+        msg(
+            ("Event", "QueueMemberAdded"),
+            ("Queue", "InnaCentrala-Kolejka"),
+            ("MemberName", "Ola"),
+            ("Interface", "Local/201@InnaCentrala/n"),
+            ("StateInterface", "Custom:201"),
+            ("Membership", "dynamic"),
+            ("CallsTaken", "2"),
+            ("Status", "5"),
+            ("Paused", "0"),
+        )
+    )
+    ((pbx, (event,)),) = translator.flush()
+    assert pbx == "InnaCentrala"
+    assert event.payload() == {
+        "peer": "InnaCentrala-201",
+        "queue": "InnaCentrala-Kolejka",
+        "m_status": "5",
+        "m_ct": "2",
+        "m_mbshp": "dynamic",
+        "m_paused": "0",
+        "m_name": "Ola",
+        "m_location": "Local/201@InnaCentrala/n",
+    }
+
+
+def test_longest_prefix_wins() -> None:
+    tenants = TenantMap.of("Firma", "Firma-Oddzial")
+    assert tenants.device("PJSIP/Firma-101") == ("Firma", "Firma-101", "101")
+    assert tenants.device("PJSIP/Firma-Oddzial-101") == (
+        "Firma-Oddzial",
+        "Firma-Oddzial-101",
+        "101",
+    )
+    assert tenants.channel("SIP/Firma-Oddzial-7-0000001f") == (
+        "Firma-Oddzial",
+        "Firma-Oddzial-7",
+        "7",
+    )
+    assert tenants.device("PJSIP/Firma2-101") is None
+    assert tenants.device("CBAnn/Firma-sala") is None
+    assert tenants.device("Queue:Firma-kolejka_avail") is None
+    assert tenants.context("Firma-Oddzial-hints") == "Firma-Oddzial"
+    assert tenants.context("Firma") == "Firma"
+    assert tenants.context("Firma2") is None
+    assert tenants.account("Firma-Oddzial") == "Firma-Oddzial"
+    with pytest.raises(ValueError):
+        TenantMap(
+            [TenantRule("A", queues=frozenset({"Q"})), TenantRule("B", queues=frozenset({"Q"}))]
+        )
+
+
+def test_custom_endpoint_prefix_keeps_the_contract_peer_name() -> None:
+    tenants = TenantMap([TenantRule("Acme", endpoint_prefix="acme_")])
+    translator = Translator(tenants)
+    translator.feed(
+        msg(("Event", "DeviceStateChange"), ("Device", "PJSIP/acme_12"), ("State", "RINGINUSE"))
+    )
+    ((pbx, (event,)),) = translator.flush()
+    assert (pbx, event.payload()) == ("Acme", {"peer": "Acme-12", "statusValue": 8})
+
+
+# -- states the lab did not produce ----------------------------------------------------
+
+
+def test_hint_bitmasks_and_hold() -> None:
+    translator = Translator(TenantMap([LAB]))
+
+    def status(bits: str) -> list[list[Item]]:
+        translator.feed(
+            msg(
+                ("Event", "ExtensionStatus"),
+                ("Exten", "101"),
+                ("Context", "MojaCentrala"),
+                ("Hint", "PJSIP/MojaCentrala-101"),
+                ("Status", bits),
+            )
+        )
+        return items(translator.flush())
+
+    assert status("9") == [[sub("101", 8), ext("101", 8)]]  # In Use + Ringing
+    assert status("17") == [[sub("101", 16), ext("101", 16)]]  # In Use + On Hold
+    assert status("-1") == [[ext("101", 4)]]  # hint removed; the device is not
+    assert status("-2") == []
+    snapshot = (
+        ("Channel", "PJSIP/MojaCentrala-101-0000002a"),
+        ("ChannelState", "6"),
+        ("ConnectedLineNum", "48600100200"),
+        ("ConnectedLineName", "Klient"),
+        ("Uniqueid", "1.42"),
+    )
+    assert status("1") == [[sub("101", 1), ext("101", 1)]]
+    translator.feed(msg(("Event", "Newchannel"), *snapshot))
+    assert items(translator.flush()) == [[sub("101", 1, "48600100200", "Klient")]]
+    translator.feed(msg(("Event", "Hold"), *snapshot))
+    assert items(translator.flush()) == [[sub("101", 16, "48600100200", "Klient"), ext("101", 16)]]
+    translator.feed(msg(("Event", "Unhold"), *snapshot))
+    assert items(translator.flush()) == [[sub("101", 1, "48600100200", "Klient"), ext("101", 1)]]
+
+
+def test_startup_listing_of_a_call_in_progress() -> None:
+    """CoreShowChannel and QueueEntry rebuild calls that began before we connected."""
+    translator = Translator(TenantMap([LAB]))
+    translator.feed(
+        msg(
+            ("Event", "CoreShowChannel"),
+            ("Channel", "PJSIP/MojaCentrala-103-00000002"),
+            ("ChannelState", "6"),
+            ("ConnectedLineNum", "<unknown>"),
+            ("ConnectedLineName", "<unknown>"),
+            ("Exten", "500"),
+            ("Uniqueid", "1795838285.2"),
+        )
+    )
+    translator.feed(
+        msg(
+            ("Event", "DeviceStateChange"), ("Device", "PJSIP/MojaCentrala-103"), ("State", "INUSE")
+        )
+    )
+    assert items(translator.flush()) == [[sub("103", 1, "", "")]]
+    translator.feed(
+        msg(
+            ("Event", "QueueEntry"),
+            ("Queue", "Kolejka1"),
+            ("Channel", "PJSIP/MojaCentrala-103-00000002"),
+            ("Uniqueid", "1795838285.2"),
+        )
+    )
+    assert items(translator.flush()) == [[sub("103", 32, "", "")]]
+
+
+def test_removed_member_and_unknown_events() -> None:
+    translator = Translator(TenantMap([LAB]))
+    member = (
+        ("Queue", "Kolejka1"),
+        ("MemberName", "Agent 3"),
+        ("Interface", "PJSIP/MojaCentrala-103"),
+        ("StateInterface", "PJSIP/MojaCentrala-103"),
+        ("Membership", "dynamic"),
+        ("CallsTaken", "0"),
+        ("Status", "1"),
+        ("Paused", "0"),
+        ("Unknown", "ignored"),
+    )
+    translator.feed(msg(("Event", "QueueMemberAdded"), *member))
+    translator.feed(msg(("Event", "SomethingNew"), ("Device", "PJSIP/MojaCentrala-103")))
+    translator.feed(msg(("Response", "Success"), ("Exten", "103"), ("Status", "0")))
+    (batch,) = items(translator.flush())
+    assert batch[0][1]["m_mbshp"] == "dynamic"
+    translator.feed(msg(("Event", "QueueMemberRemoved"), *member))
+    (batch,) = items(translator.flush())
+    assert batch[0][0] == "qmember"
+    # Gone: the same status again is news (a new member), not a repeat.
+    translator.feed(msg(("Event", "QueueMemberStatus"), *member))
+    assert len(translator.flush()) == 1
