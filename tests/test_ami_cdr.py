@@ -18,7 +18,7 @@ from cloudpbx.adapters.asterisk.cdr import (
 from cloudpbx.adapters.asterisk.framing import AmiMessage, AmiParser
 from cloudpbx.adapters.asterisk.tenancy import TenantMap, TenantRule
 from cloudpbx.domain.states import Disposition
-from tests.test_ami_support import SCENARIOS, cdr_rows, received
+from tests.ami_data import SCENARIOS, cdr_rows, received
 
 TENANTS = TenantMap([TenantRule("MojaCentrala"), TenantRule("InnaCentrala")])
 

@@ -13,7 +13,7 @@ from cloudpbx.adapters.asterisk.framing import (
     AmiProtocolError,
     serialize_action,
 )
-from tests.test_ami_support import SCENARIOS, received, rows, sent
+from tests.ami_data import SCENARIOS, received, rows, sent
 
 
 def expected_messages(scenario: str) -> tuple[str, list[list[tuple[str, str]]]]:

@@ -23,7 +23,7 @@ from cloudpbx.adapters.asterisk.framing import AmiMessage, AmiParser
 from cloudpbx.adapters.asterisk.tenancy import TenantMap, TenantRule
 from cloudpbx.adapters.asterisk.translate import Batch, Translator
 from cloudpbx.domain.events import group_into_texts
-from tests.test_ami_support import SCENARIOS, bursts, received
+from tests.ami_data import SCENARIOS, bursts, received
 
 PBX = "MojaCentrala"
 LAB = TenantRule(PBX, queues=frozenset({"Kolejka1"}), conferences=frozenset({"SesjaRady"}))
