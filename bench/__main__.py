@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="cProfile the server's event loop during the 60 events/s fan-out step",
+        help="diagnostics: cProfile the server during the 60 events/s fan-out step, and "
+        "tracemalloc the idle connections (written under .bench-data/)",
     )
     return parser.parse_args(argv)
 
@@ -103,6 +104,7 @@ async def main(args: argparse.Namespace) -> Report:
             procs=args.ws_procs,
             compression=compression,
             client=args.ws_client,
+            profile=args.profile,
         )
     return report
 

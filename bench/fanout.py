@@ -14,6 +14,7 @@ leaves the ladder at its first saturated step (publisher > 3 s behind, or messag
 from __future__ import annotations
 
 import contextlib
+import statistics
 from pathlib import Path
 
 from bench.report import Report, ms, rate, table
@@ -35,6 +36,10 @@ SATURATED_P99 = 1.0
 FULL_RATES = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 140.0]
 QUICK_RATES = [30.0, 60.0]
 PROFILE_RATE = 60.0
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def qualifies(step: StepResult) -> bool:
@@ -68,6 +73,7 @@ def _rows(name: str, steps: list[StepResult]) -> list[list[str]]:
             ms(s.p99),
             ms(s.max),
             f"{s.server_cores:.2f}",
+            f"{s.server_us_per_delivery:.1f}",
             f"{s.client_cores:.2f}",
             f"{s.other_cores:.2f}",
             f"{s.published}/{s.count}",
@@ -148,13 +154,14 @@ async def run(
                 "p99",
                 "max",
                 "srv cores",
+                "srv us/msg",
                 "client cores",
                 "other cores",
                 "published",
                 "closes",
             ],
             rows,
-            right=tuple(range(1, 11)),
+            right=tuple(range(1, 12)),
         )
     )
     print()
@@ -197,6 +204,13 @@ async def run(
             f"published {last.published}/{last.count}",
         )
     report.add(suite, "peak delivered events/s (any latency)", rate(peak))
+    cost = _median([s.server_us_per_delivery for s in ours if s.delivered_per_s])
+    report.add(
+        suite,
+        "server CPU per delivered message",
+        f"{cost:.1f} us",
+        note="median over steps; independent of background load",
+    )
     if base:
         base_sustained = max((s.delivered_per_s for s in base if qualifies(s)), default=0.0)
         base_peak = max(s.delivered_per_s for s in base)
@@ -210,3 +224,11 @@ async def run(
         if base_sustained and sustained:
             report.add(suite, "sustained vs baseline", f"{sustained / base_sustained:.2f}x")
         report.add(suite, "peak vs baseline", f"{peak / base_peak:.2f}x")
+        base_cost = _median([s.server_us_per_delivery for s in base if s.delivered_per_s])
+        if base_cost:
+            report.add(
+                suite,
+                "server CPU per message vs baseline",
+                f"{cost / base_cost:.2f}x",
+                note=f"baseline {base_cost:.1f} us per message",
+            )

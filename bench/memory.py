@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.common import DATA_DIR
 from bench.report import Report, table
 from bench.seed import WS_PBX, ws_database
 from bench.servers import Server, start_cloudpbx, start_raw_websockets
@@ -26,7 +27,13 @@ async def _rss(server: Server) -> int:
 
 
 async def measure(
-    server: Server, name: str, count: int, procs: int, compression: bool, client: str
+    server: Server,
+    name: str,
+    count: int,
+    procs: int,
+    compression: bool,
+    client: str,
+    trace: bool = False,
 ) -> dict[str, float]:
     warm = await open_clients(server, WARMUP, 1, f"{name}-warm", compression, client)
     await wait_subscribers(server, warm.ok)
@@ -44,6 +51,19 @@ async def measure(
         after_event = await _rss(server)
     finally:
         await close_clients(clients)
+    if trace and server.kind == "cloudpbx":
+        await wait_subscribers(server, 0)
+        await server.control("POST", "/_bench/tracemalloc/start")
+        traced = await open_clients(server, count, procs, f"{name}-trace", compression, client)
+        try:
+            await wait_subscribers(server, traced.ok)
+            path = (DATA_DIR / "tracemalloc-idle-connections.txt").resolve()
+            await server.control(
+                "POST", "/_bench/tracemalloc/report", path=str(path), count=traced.ok
+            )
+            print(f"[memory] Python heap growth per connection, by file and line: {path}")
+        finally:
+            await close_clients(traced)
     return {
         "connections": float(count),
         "rss_before_kib": float(before),
@@ -55,7 +75,9 @@ async def measure(
     }
 
 
-async def run(report: Report, *, loop: str, procs: int, compression: bool, client: str) -> None:
+async def run(
+    report: Report, *, loop: str, procs: int, compression: bool, client: str, profile: bool
+) -> None:
     suite = "memory"
     count = 1_000
     results: dict[str, dict[str, float]] = {}
@@ -66,7 +88,9 @@ async def run(report: Report, *, loop: str, procs: int, compression: bool, clien
             server = await start_raw_websockets("memory-baseline", loop)
         try:
             print(f"[memory] {kind}: {count} idle connections")
-            results[kind] = await measure(server, kind, count, procs, compression, client)
+            results[kind] = await measure(
+                server, kind, count, procs, compression, client, trace=profile
+            )
         except Exception as exc:
             report.fail(suite, f"{kind} memory", f"{type(exc).__name__}: {exc}")
         finally:

@@ -13,6 +13,8 @@ production one); the only additions are routes under `/_bench/` on the same app:
 - `GET /_bench/stats?pbx=`: subscribers on the PBX's channel, pid, RSS;
 - `POST /_bench/profile/start`, `POST /_bench/profile/stop?path=`: cProfile of the event
   loop thread, written as a sorted text report;
+- `POST /_bench/tracemalloc/start`, `POST /_bench/tracemalloc/report?path=&count=`: where
+  the Python heap grew in between (per connection), by file and by line;
 - `POST /_bench/shutdown`: a clean stop (lifespan shutdown runs, no signal involved).
 """
 
@@ -25,6 +27,7 @@ import io
 import os
 import pstats
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,25 @@ from cloudpbx.settings import load_settings
 from cloudpbx.storage.calls import JsonPage
 
 
+def starlette_ws_route(app: FastAPI) -> None:
+    """Experiment (BENCH_WS_ROUTE=starlette): serve cloudpbx's own WebSocket handler from a
+    plain Starlette WebSocketRoute placed before FastAPI's route, i.e. without FastAPI's
+    dependency machinery and exit stacks around each connection."""
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    from cloudpbx.api.ws import pbx_events
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await pbx_events(websocket, websocket.path_params["channel"])
+
+    app.router.routes.insert(0, WebSocketRoute("/ws/{channel:path}", endpoint))
+
+
 def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server) -> None:
     pages: dict[tuple[str, str, str], JsonPage] = {}
     profiler: dict[str, cProfile.Profile] = {}
+    snapshots: dict[str, tracemalloc.Snapshot] = {}
 
     async def cdr_static(pbx: str, datestart: str, datestop: str) -> Response:
         key = (pbx, datestart, datestop)
@@ -120,6 +139,30 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         await asyncio.to_thread(Path(path).write_text, out.getvalue())
         return OrjsonResponse({"written": path})
 
+    async def tracemalloc_start() -> Response:
+        tracemalloc.start(6)
+        snapshots["base"] = tracemalloc.take_snapshot()
+        return OrjsonResponse({"tracing": True})
+
+    async def tracemalloc_report(path: str, count: int = 1, limit: int = 30) -> Response:
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        base = snapshots.pop("base")
+        out = io.StringIO()
+        for key in ("filename", "lineno"):
+            diff = snapshot.compare_to(base, key)
+            grown = sum(d.size_diff for d in diff)
+            out.write(f"== by {key}: +{grown / 1024:.0f} KiB, {grown / count / 1024:.1f} KiB ")
+            out.write(f"per connection ({count})\n")
+            for stat in diff[:limit]:
+                out.write(
+                    f"{stat.size_diff / count:9.0f} B/conn {stat.count_diff / count:6.1f} "
+                    f"blocks/conn  {stat.traceback[0]}\n"
+                )
+        await asyncio.to_thread(Path(path).write_text, out.getvalue())
+        return OrjsonResponse({"written": path})
+
     async def shutdown() -> Response:
         server.should_exit = True
         return OrjsonResponse({"stopping": True})
@@ -129,6 +172,8 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
     app.add_api_route("/_bench/stats", stats, methods=["GET"])
     app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])
     app.add_api_route("/_bench/profile/stop", profile_stop, methods=["POST"])
+    app.add_api_route("/_bench/tracemalloc/start", tracemalloc_start, methods=["POST"])
+    app.add_api_route("/_bench/tracemalloc/report", tracemalloc_report, methods=["POST"])
     app.add_api_route("/_bench/shutdown", shutdown, methods=["POST"])
 
 
@@ -142,6 +187,8 @@ async def main() -> None:
     server = uvicorn.Server(config)
     app: Any = config.app
     install_bench_routes(app, runtime, server)
+    if os.environ.get("BENCH_WS_ROUTE") == "starlette":
+        starlette_ws_route(app)
     task = asyncio.create_task(server.serve())
     for _ in range(3000):  # up to 30 s
         if server.started or task.done():

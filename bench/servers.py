@@ -30,12 +30,12 @@ class Server:
         return f"ws://{HOST}:{self.port}/ws/pbx_{pbx}?pbxkey={key}"
 
     async def control(
-        self, method: str, path: str, within: float = 30.0, **params: Any
+        self, method: str, route: str, within: float = 30.0, **params: Any
     ) -> dict[str, Any]:
         if self.kind == "websockets":
             method = "GET"  # the websockets library's HTTP side answers GET only
         async with httpx.AsyncClient(base_url=self.url, timeout=within) as client:
-            response = await client.request(method, path, params=params)
+            response = await client.request(method, route, params=params)
             response.raise_for_status()
             result: dict[str, Any] = response.json()
             return result

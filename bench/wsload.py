@@ -112,12 +112,21 @@ class StepResult:
         return self.expected - self.delivered
 
     @property
+    def server_us_per_delivery(self) -> float:
+        """Server CPU per delivered message: robust to background load, unlike rates."""
+        return self.server_cores / self.delivered_per_s * 1e6 if self.delivered_per_s else 0.0
+
+    @property
     def saturated(self) -> bool:
         """The publisher could not keep the rate (it gave up) or messages were lost."""
         return self.published < self.count or self.lost > 0
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "lost": self.lost}
+        return {
+            **self.__dict__,
+            "lost": self.lost,
+            "server_us_per_delivery": self.server_us_per_delivery,
+        }
 
 
 async def run_step(

@@ -286,5 +286,5 @@ async def test_exit_codes_auth_unavailable_incomplete(tmp_path: Path) -> None:
         assert (await cli(server, tenants.b_key, "sms", "send", "600100200", "x")).exit_code == 3
         other = await cli(server, tenants.b_key, "events", "--count", "1")
         assert other.exit_code == 3 and "403" in other.stderr
-    down = await cli(server, tenants.a_key, "cdr")
+    down = await cli(server, tenants.a_key, "--retries", "0", "cdr")
     assert down.exit_code == 7 and "ConnectError" in down.stderr

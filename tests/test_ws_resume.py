@@ -377,6 +377,7 @@ async def test_unflushed_messages_of_a_crash_are_lost_but_ids_move_on(tmp_path: 
             # A client that saw the lost message resumes without a repeat or a gap.
             async with ws_connect(second, a_path(tenants, f"last_event_id={lost[-1]}")) as ws:
                 assert resume_header(ws) == "complete"
+                assert await recv_ids(ws, 1) == after
                 await assert_quiet(ws, 0.05)
                 more = await publish_ext(second, tenants.a_name, 1)
                 assert await recv_ids(ws, 1) == more

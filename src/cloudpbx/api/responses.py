@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -20,6 +21,24 @@ class OrjsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error the document leaves undocumented (CONTRACT.md, decision)."""
+
+    error: str = Field(description="What is wrong, for a human")
+    code: str = Field(description="A stable slug for programs, e.g. invalid_date")
+
+
+# In every route's `responses`: documents the JSON errors, and (being a "4XX" entry) keeps
+# FastAPI from advertising a 422 validation body that this API never sends.
+CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": ErrorBody,
+        "description": "A client mistake: missing or revoked key (401), bad parameter (400), "
+        "unknown id (404), ...",
+    }
+}
 
 
 def json_error(

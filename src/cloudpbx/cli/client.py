@@ -14,8 +14,10 @@ Exit codes: 0 done; 1 other API error; 2 usage or configuration error; 3 key ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
+import logging
 import os
 import sys
 import time
@@ -56,6 +58,7 @@ from cloudpbx.client import (
     PbxState,
     ProtocolError,
     Recording,
+    RetryPolicy,
     ServerError,
     SmsError,
     TransportError,
@@ -119,6 +122,15 @@ class Settings:
     pbx: str | None
     ws_url: str | None
     timeout: float
+    retries: int
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "pbx": self.pbx,
+            "ws_url": self.ws_url,
+            "timeout": self.timeout,
+            "retry": RetryPolicy(attempts=self.retries),
+        }
 
     def _require(self) -> tuple[str, str]:
         if not self.url:
@@ -129,11 +141,11 @@ class Settings:
 
     def client(self) -> Client:
         url, key = self._require()
-        return Client(url, key, pbx=self.pbx, ws_url=self.ws_url, timeout=self.timeout)
+        return Client(url, key, **self._options())
 
     def async_client(self) -> AsyncClient:
         url, key = self._require()
-        return AsyncClient(url, key, pbx=self.pbx, ws_url=self.ws_url, timeout=self.timeout)
+        return AsyncClient(url, key, **self._options())
 
     def require_pbx(self) -> str:
         if not self.pbx:
@@ -153,7 +165,7 @@ def _load_config(path: Path | None) -> dict[str, Any]:
             values = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         _usage(f"cannot read config file {path}: {exc}")
-    unknown = set(values) - {"url", "key", "pbx", "ws_url", "timeout"}
+    unknown = set(values) - {"url", "key", "pbx", "ws_url", "timeout", "retries"}
     if unknown:
         _usage(f"config file {path}: unknown settings {', '.join(sorted(unknown))}")
     return values
@@ -183,11 +195,15 @@ def main(
         typer.Option(
             "--config",
             envvar="CLOUDPBX_CLIENT_CONFIG",
-            help="TOML file with url, key, pbx, ws_url, timeout "
+            help="TOML file with url, key, pbx, ws_url, timeout, retries "
             "(default ~/.config/cloudpbx/client.toml)",
         ),
     ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per request")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per request [30]")] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(min=0, help="Retries of reads after network errors and 5xx [3]"),
+    ] = None,
 ) -> None:
     """Flags win over CLOUDPBX_* variables, which win over the config file."""
     file = _load_config(config)
@@ -197,6 +213,7 @@ def main(
         pbx=pbx or file.get("pbx"),
         ws_url=ws_url or file.get("ws_url"),
         timeout=float(timeout or file.get("timeout") or 30.0),
+        retries=int(retries if retries is not None else file.get("retries", 3)),
     )
 
 
@@ -485,8 +502,15 @@ async def sync_recordings(
 ) -> SyncReport:
     """Download every recording of `rows` that is not yet complete in `folder`."""
     report = SyncReport(listed=len(rows))
-    missing = [row for row in rows if not (folder / row.filename).is_file()]
-    report.present = len(rows) - len(missing)
+    missing: list[Recording] = []
+    for row in rows:
+        if Path(row.filename).name != row.filename or row.filename in (".", ".."):
+            report.failed += 1  # a name that would land outside the folder
+            errors.print(f"[red]failed:[/red] unsafe file name {row.filename!r}")
+        elif (folder / row.filename).is_file():
+            report.present += 1
+        else:
+            missing.append(row)
     overall: TaskID | None = None
     if progress is not None:
         overall = progress.add_task("all", total=len(missing))
@@ -698,7 +722,11 @@ def events(
     pbx = settings.require_pbx()
 
     def body() -> None:
-        with settings.client() as client, client.events(pbx, last_event_id=since) as stream:
+        with (
+            _reconnect_notices(),
+            settings.client() as client,
+            client.events(pbx, last_event_id=since) as stream,
+        ):
             if watch:
                 _watch(stream, lang, pbx, count)
                 return
@@ -714,6 +742,22 @@ def events(
                     return
 
     _run(body)
+
+
+@contextlib.contextmanager
+def _reconnect_notices() -> Iterator[None]:
+    """Show the stream's reconnects and gaps on stderr while `events` runs."""
+    logger = logging.getLogger("cloudpbx.client")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def _watch(stream: Iterable[tuple[int, Event]], lang: Lang, pbx: str, count: int | None) -> None:

@@ -77,7 +77,7 @@ class DownloadTarget:
             path = Path(destination)
             if path.is_dir():
                 self._folder = path
-                self.part = path / f"{uniqueid}.part"
+                self.part = path / f"{uniqueid.replace('/', '_').replace(os.sep, '_')}.part"
             else:
                 self.final = path
                 self.part = path.with_name(path.name + ".part")

@@ -6,6 +6,7 @@ logs in, sends actions, collects list answers and waits for events.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import time
@@ -63,10 +64,8 @@ class AmiClient:
 
     def logoff(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(AmiError, OSError):
                 self.action("Logoff", timeout=2.0)
-            except (AmiError, OSError):
-                pass
             self.close()
 
     def __enter__(self) -> AmiClient:
@@ -108,9 +107,7 @@ class AmiClient:
         """
         action_id = self.send(action, **headers)
         deadline = time.monotonic() + timeout
-        response = self._wait(
-            lambda m: "Response" in m and m.get("ActionID") == action_id, timeout
-        )
+        response = self._wait(lambda m: "Response" in m and m.get("ActionID") == action_id, timeout)
         items: list[Message] = []
         if response.get("Response") != "Success":
             return response, items
@@ -134,13 +131,7 @@ class AmiClient:
         self, predicate: Callable[[Message], bool] | str, timeout: float = 10.0
     ) -> Message:
         """The first event (kept or new) matching: an event name, or a predicate."""
-        if isinstance(predicate, str):
-            name = predicate
-
-            def match(message: Message) -> bool:
-                return message.get("Event") == name
-        else:
-            match = predicate
+        match = _event_named(predicate) if isinstance(predicate, str) else predicate
         for index, event in enumerate(self.events):
             if match(event):
                 del self.events[index]
@@ -211,3 +202,10 @@ class AmiClient:
             if sep:
                 message[key.strip()] = value.strip()
         return message
+
+
+def _event_named(name: str) -> Callable[[Message], bool]:
+    def match(message: Message) -> bool:
+        return message.get("Event") == name
+
+    return match

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from cloudpbx.lab.errors import LabBuildError
 from cloudpbx.lab.proc import run_in_chroot
 from cloudpbx.lab.settings import PACKAGES, STATE_DIR, SUITE
 
@@ -25,10 +26,6 @@ PRISTINE_CONFIG = "/etc/asterisk.dist"
 APT_OPTIONS = ("-o", "Acquire::Check-Valid-Until=false", "-o", "APT::Color=0")
 
 Log = Callable[[str], None]
-
-
-class LabBuildError(RuntimeError):
-    """The chroot could not be built (or this host cannot build it)."""
 
 
 def _quiet(_: str) -> None:
@@ -76,9 +73,9 @@ def host_mirror(etc_apt: Path = Path("/etc/apt")) -> str:
             for uri in stanza.get("uris", "").split():
                 candidates.append((uri, suites, comps))
     for uri, suites, comps in candidates:
-        if "main" in comps and any("-" not in s and "/" not in s for s in suites):
-            if "security" not in uri:
-                return uri.rstrip("/")
+        plain_suite = any("-" not in s and "/" not in s for s in suites)
+        if "main" in comps and plain_suite and "security" not in uri:
+            return uri.rstrip("/")
     raise LabBuildError(
         "no Debian mirror found in /etc/apt/sources.list(.d); pass --mirror or set "
         "CLOUDPBX_LAB_MIRROR"
@@ -186,7 +183,8 @@ def build(
     started = time.monotonic()
     mirror = (mirror or os.environ.get("CLOUDPBX_LAB_MIRROR") or host_mirror()).rstrip("/")
     ensure_debootstrap(log)
-    if root.exists() and not (root / "usr/bin/apt-get").exists() or (root / "debootstrap").exists():
+    unfinished = (root / "debootstrap").exists()  # debootstrap removes it when done
+    if unfinished or (root.exists() and not (root / "usr/bin/apt-get").exists()):
         _wipe(root, log)
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)

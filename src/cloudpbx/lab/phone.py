@@ -3,13 +3,15 @@
 ctrl_tcp speaks netstring-framed JSON (`45:{"command":"dial","params":"500","token":"x"},`).
 Replies carry `"response": true` and our token; events (`"event": true`, `"type":
 "CALL_ESTABLISHED"`...) arrive on the same connection whenever they happen. baresip sends
-them to its newest connection only, so keep one `Phone` per phone (`Lab.phone(ext)` does).
+them to its newest connection only, and only while connected: keep one `Phone` per phone,
+connected before the call (`Lab.phone(ext)` does both).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 PhoneMessage = dict[str, Any]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PhoneError(RuntimeError):
@@ -76,7 +79,9 @@ class Phone:
 
     # -- commands ----------------------------------------------------------------------
 
-    def command(self, command: str, params: str | None = None, timeout: float = 5.0) -> PhoneMessage:
+    def command(
+        self, command: str, params: str | None = None, timeout: float = 5.0
+    ) -> PhoneMessage:
         """Send one command; return baresip's reply (`ok`, `data`)."""
         self.connect()
         token = f"lab-{self.ext}-{next(self._tokens)}"
@@ -116,7 +121,8 @@ class Phone:
 
     def registered(self) -> bool:
         """Whether the account shows as registered (`OK` in reginfo)."""
-        return " OK " in f" {self.reginfo()} ".replace("\x1b", " ")
+        text = _ANSI.sub("", self.reginfo())
+        return re.search(r"\sOK\s", text) is not None
 
     # -- events ------------------------------------------------------------------------
 
@@ -124,13 +130,7 @@ class Phone:
         self, predicate: Callable[[PhoneMessage], bool] | str, timeout: float = 10.0
     ) -> PhoneMessage:
         """The first event (kept or new) matching: an event type, or a predicate."""
-        if isinstance(predicate, str):
-            name = predicate
-
-            def match(message: PhoneMessage) -> bool:
-                return message.get("type") == name
-        else:
-            match = predicate
+        match = _type_named(predicate) if isinstance(predicate, str) else predicate
         for index, event in enumerate(self.events):
             if match(event):
                 del self.events[index]
@@ -141,6 +141,7 @@ class Phone:
 
     def drain(self, seconds: float = 0.0) -> list[PhoneMessage]:
         """Read what arrives for `seconds`; return (and forget) every kept event."""
+        self.connect()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -218,3 +219,15 @@ class Phone:
             self.close()
             raise PhoneError(f"phone {self.ext}: ctrl_tcp connection closed")
         self._buffer += chunk
+
+
+def _type_named(name: str) -> Callable[[PhoneMessage], bool]:
+    def match(message: PhoneMessage) -> bool:
+        return message.get("type") == name
+
+    return match
+
+
+def strip_ansi(text: str) -> str:
+    """baresip colours its `reginfo` text."""
+    return _ANSI.sub("", text)

@@ -13,6 +13,8 @@ leaders, detached from whoever started them, and their pid is written by the she
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -20,6 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cloudpbx.lab.errors import LabProcessError
 
 CHROOT_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -29,10 +33,6 @@ CHROOT_ENV: Mapping[str, str] = {
     "DEBIAN_FRONTEND": "noninteractive",
     "TERM": "dumb",
 }
-
-
-class LabProcessError(RuntimeError):
-    """A lab program could not be run or stopped."""
 
 
 def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> str:
@@ -103,8 +103,10 @@ def spawn_in_chroot(
     """Start a long-running program in the chroot, detached; returns its pid.
 
     The pid is the program's own (sh writes `$$` and then `exec`s into unshare's child
-    chain: unshare, sh and chroot all exec, none forks).
+    chain: unshare, sh and chroot all exec, none forks); this returns once that pid runs
+    the program itself (no longer sh or chroot).
     """
+    program = os.path.basename(argv[0])
     _prepare(root, resolv_conf)
     pidfile.unlink(missing_ok=True)
     script = _namespace_script(root, resolv_conf, pidfile)
@@ -139,8 +141,11 @@ def spawn_in_chroot(
     while time.monotonic() < deadline:
         pid = read_pid(pidfile)
         if pid is not None:
-            return pid
-        time.sleep(0.01)
+            if lab_process(pid, program):
+                return pid
+            if not alive(pid):
+                break
+        time.sleep(0.005)
     raise LabProcessError(f"{argv[0]} did not start: see {logfile}")
 
 
@@ -173,9 +178,17 @@ def proc_info(pid: int) -> ProcInfo | None:
 
 
 def alive(pid: int) -> bool:
-    """Running (a zombie is not: its parent has not reaped it yet, but it is gone)."""
+    """Running. A zombie is not (gone, waiting to be reaped), unless other threads of it
+    still run: a thread group whose main thread exited shows Z while the others finish."""
     info = proc_info(pid)
-    return info is not None and info.state not in ("Z", "X")
+    if info is None:
+        return False
+    if info.state not in ("Z", "X"):
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def lab_process(pid: int | None, program: str) -> bool:
@@ -183,7 +196,7 @@ def lab_process(pid: int | None, program: str) -> bool:
     if pid is None:
         return False
     info = proc_info(pid)
-    if info is None or info.state in ("Z", "X") or info.session != pid:
+    if info is None or info.session != pid or not alive(pid):
         return False
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
@@ -201,7 +214,7 @@ def session_members(session: int) -> list[int]:
     found = []
     for pid in all_pids():
         info = proc_info(pid)
-        if info is not None and info.session == session and info.state not in ("Z", "X"):
+        if info is not None and info.session == session and alive(pid):
             found.append(pid)
     return sorted(found, key=lambda p: p != session)
 
@@ -246,12 +259,20 @@ def kill_all(pids: Sequence[int], timeout: float = 5.0) -> None:
             raise LabProcessError(f"processes {list(pids)} survived SIGKILL")
 
 
+def wait_reaped(pids: Sequence[int], timeout: float = 5.0) -> bool:
+    """Until these pids have no /proc entry at all (zombies reaped by init); best effort."""
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _signal(pids: Sequence[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
@@ -262,3 +283,59 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class SocketInfo:
+    """An IPv4/IPv6 socket a process holds (from /proc/net/{tcp,udp}{,6})."""
+
+    proto: str
+    """tcp, udp, tcp6, udp6"""
+    address: str
+    port: int
+    listening: bool
+    """TCP in LISTEN state, or UDP not connected to a peer."""
+    pid: int
+
+
+def sockets_of(pids: Sequence[int]) -> list[SocketInfo]:
+    """The sockets these processes hold, with their local address (for the 127.0.0.1 check)."""
+    owner: dict[str, int] = {}
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                link = os.readlink(f"{fd_dir}/{name}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[link[8:-1]] = pid
+    found = []
+    for proto in ("tcp", "udp", "tcp6", "udp6"):
+        try:
+            lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            inode = fields[9]
+            if inode not in owner:
+                continue
+            local, remote, state = fields[1], fields[2], fields[3]
+            address, port = _decode_address(local)
+            remote_port = int(remote.rsplit(":", 1)[1], 16)
+            listening = state == "0A" if proto.startswith("tcp") else remote_port == 0
+            found.append(SocketInfo(proto, address, port, listening, owner[inode]))
+    return found
+
+
+def _decode_address(text: str) -> tuple[str, int]:
+    hex_addr, hex_port = text.rsplit(":", 1)
+    raw = bytes.fromhex(hex_addr)
+    # /proc/net prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words)), int(hex_port, 16)

@@ -47,6 +47,7 @@ NOLOAD = (
     "res_hep_pjsip.so",
     "res_hep_rtcp.so",
     "res_stun_monitor.so",
+    "res_resolver_unbound.so",
     "res_statsd.so",
     "res_snmp.so",
     "res_pktccops.so",
@@ -66,7 +67,6 @@ NOLOAD = (
     "res_speech_aeap.so",
     "res_prometheus.so",
     "res_http_media_cache.so",
-    "res_ari.so",
     "cdr_pgsql.so",
     "cdr_radius.so",
     "cdr_tds.so",
@@ -198,7 +198,8 @@ clearglobalvars=yes
 exten => _10[{low}-{high}],1,NoOp({TENANT}: call to ${{EXTEN}})
  same => n,Set(CDR(userfield)={TENANT})
  same => n,MixMonitor(${{UNIQUEID}}.wav)
- same => n,Dial(PJSIP/{TENANT}-${{EXTEN}},${{IF($[${{LEN(${{DIALTIMEOUT}})}} > 0]?${{DIALTIMEOUT}}:20)}})
+ same => n,Set(LAB_TIMEOUT=${{IF($[${{LEN(${{DIALTIMEOUT}})}} > 0]?${{DIALTIMEOUT}}:20)}})
+ same => n,Dial(PJSIP/{TENANT}-${{EXTEN}},${{LAB_TIMEOUT}})
  same => n,Hangup()
 
 ; Queue {QUEUE}: static members {", ".join(str(m) for m in QUEUE_MEMBERS)}.

@@ -27,11 +27,6 @@ from cloudpbx.storage.tenants import Tenant, TenantStore
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5
-"""Consecutive failed writes of the same pending messages before they are dropped."""
-MAX_BACKOFF = 5.0
-"""Longest pause, in seconds, between retries of a failing write."""
-
 
 @dataclass(slots=True)
 class _Channel:
@@ -44,15 +39,10 @@ class _Channel:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Messages after a client's last id; `complete` is False when some were pruned.
-
-    `newest` is the id of the newest message published so far (0 when none): a client
-    claiming a later id than that has seen nothing the server knows of.
-    """
+    """Messages after a client's last id; `complete` is False when some were pruned."""
 
     messages: list[WireMessage]
     complete: bool
-    newest: int = 0
 
 
 class EventHub:
@@ -77,10 +67,7 @@ class EventHub:
         self._channels: dict[int, _Channel] = {}
         self._pending: list[tuple[int, WireMessage]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
-        self._closing = asyncio.Event()
         self._flushed_since_prune = 0
-        self._failed_attempts = 0
 
     @property
     def bus(self) -> EventBus:
@@ -125,15 +112,12 @@ class EventHub:
         """Every kept message with id > last_id, oldest first."""
         channel = await self._channel(tenant)
         history = channel.history
-        if not history:
-            return Replay([], True, 0)
-        newest = history[-1].id
-        if last_id >= newest:
-            return Replay([], True, newest)
+        if not history or last_id >= history[-1].id:
+            return Replay([], True)
         messages = [m for m in history if m.id > last_id]
         # A history that never filled up was never pruned, whatever gaps its ids have.
         complete = history[0].id <= last_id + 1 or len(history) < self._history_size
-        return Replay(messages, complete, newest)
+        return Replay(messages, complete)
 
     async def last_id(self, tenant: Tenant) -> int:
         channel = await self._channel(tenant)
@@ -141,107 +125,39 @@ class EventHub:
 
     def _schedule_flush(self) -> None:
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_soon(), name="event-hub-flush")
+            self._flusher = asyncio.create_task(self._flush_later())
 
-    async def _nap(self, seconds: float) -> None:
-        """Sleep, but not once close() has begun (it wakes a sleeping flusher)."""
-        if not self._closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_interval)
+        await self.flush()
 
-    async def _flush_soon(self) -> None:
-        """The write-behind loop: runs while something is pending, backs off on failures."""
-        delay = self._flush_interval
+    async def flush(self) -> None:
+        """Write pending messages to the database and prune what fell out of history."""
         while self._pending:
-            await self._nap(delay)
+            batch, self._pending = self._pending, []
             try:
-                written = await self.flush()
-            except Exception:  # pragma: no cover - flush logs and keeps its own errors
-                log.exception("flushing WebSocket history failed")
-                written = False
-            delay = self._flush_interval if written else min(max(delay * 2, 0.1), MAX_BACKOFF)
-
-    async def flush(self) -> bool:
-        """Write pending messages to the database and prune what fell out of history.
-
-        Returns False when some writes failed; they stay pending (in order) and are retried
-        by the next flush, at most `MAX_ATTEMPTS` times in a row before they are dropped
-        from the persisted history (they stay in the in-memory history regardless).
-        """
-        async with self._flush_lock:
-            written = await self._write_pending()
-            if written:
-                await self._prune_if_due()
-            return written
-
-    async def _write_pending(self) -> bool:
-        if not self._pending:
-            return True
-        batch, self._pending = self._pending, []
-        groups: dict[int, list[tuple[int, WireMessage]]] = {}
-        for item in batch:
-            groups.setdefault(item[0], []).append(item)
-        failed: list[tuple[int, WireMessage]] = []
-        # One transaction per PBX: a PBX deleted meanwhile fails alone.
-        for pbx_id, group in groups.items():
-            try:
-                await self._store.append(group)
+                await self._store.append(batch)
             except Exception:
-                log.exception(
-                    "could not persist %d WebSocket messages of PBX %d", len(group), pbx_id
-                )
-                failed.extend(group)
-            else:
-                self._flushed_since_prune += len(group)
-        if not failed:
-            self._failed_attempts = 0
-            return True
-        self._failed_attempts += 1
-        if self._failed_attempts >= MAX_ATTEMPTS:
-            log.error(
-                "dropping %d WebSocket messages from the persisted history after %d failed "
-                "attempts (they stay in memory)",
-                len(failed),
-                self._failed_attempts,
-            )
-            self._failed_attempts = 0
-        else:
-            self._pending[:0] = failed
-        return False
-
-    async def _prune_if_due(self) -> None:
-        if self._flushed_since_prune < max(1, self._history_size // 10):
-            return
-        self._flushed_since_prune = 0
-        # A copy: a channel may be added while a prune awaits the database.
-        for channel in list(self._channels.values()):
-            history = channel.history
-            if history and len(history) == self._history_size:
-                try:
-                    await self._store.prune(channel.tenant.id, history[0].id - 1)
-                except Exception:
-                    log.exception(
-                        "could not prune the WebSocket history of PBX %d", channel.tenant.id
-                    )
+                log.exception("could not persist %d WebSocket messages; retrying", len(batch))
+                self._pending[:0] = batch
+                await asyncio.sleep(1.0)
+                continue
+            self._flushed_since_prune += len(batch)
+        if self._flushed_since_prune >= max(1, self._history_size // 10):
+            self._flushed_since_prune = 0
+            for channel in self._channels.values():
+                if channel.history and len(channel.history) == self._history_size:
+                    await self._store.prune(channel.tenant.id, channel.history[0].id - 1)
 
     async def close(self) -> None:
-        """Flush everything and give unused reserved ids back (no gap after a clean stop).
-
-        The flusher is woken, not cancelled: cancelling it in the middle of a write would
-        lose the batch it holds.
-        """
-        self._closing.set()
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            with contextlib.suppress(Exception):
-                await flusher
-        while self._pending and not await self.flush():
-            pass  # bounded: after MAX_ATTEMPTS failures the rest is dropped
-        for channel in list(self._channels.values()):
-            async with channel.lock:
-                if channel.reserved_up_to >= channel.next_id:
-                    await self._tenants.release_event_ids(
-                        channel.tenant.id, channel.reserved_up_to, channel.next_id - 1
-                    )
-                    # Released ids are no longer ours: a late publish reserves anew.
-                    channel.reserved_up_to = channel.next_id - 1
+        """Flush everything and give unused reserved ids back (no gap after a clean stop)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        for channel in self._channels.values():
+            if channel.reserved_up_to >= channel.next_id:
+                await self._tenants.release_event_ids(
+                    channel.tenant.id, channel.reserved_up_to, channel.next_id - 1
+                )

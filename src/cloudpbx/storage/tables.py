@@ -129,7 +129,18 @@ sms = Table(
     Column("gateway_id", String(64), nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    # The outbox (migration 0002_sms, docs/sms.md): the gateway the message goes through,
+    # where it stands with it (pending, unsure, accepted, refused), how many submissions
+    # were tried, when the dispatcher looks at it next (resubmit or poll; NULL: never),
+    # and the last gateway error.
+    Column("gateway", String(32), nullable=True),
+    Column("outbox", String(16), nullable=False, server_default="accepted"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", DateTime, nullable=True),
+    Column("last_error", String(255), nullable=True),
     Index("ix_sms_pbx_created", "pbx_id", "created_at"),
+    Index("ix_sms_due_at", "due_at"),
+    Index("ix_sms_pbx_gateway_id", "pbx_id", "gateway_id"),
 )
 
 sms_status_history = Table(

@@ -37,7 +37,14 @@ Derived values (decisions, see the project's docs/decisions.md):
 * `extstatus` of a hint gets the same overrides as the devices it watches, so a phone's
   `subscriber` and `extstatus` agree;
 * `connectPeerNumber/Name`: the device's latest channel's connected line (`<unknown>`
-  replaced by the dialled number, or `""`), present exactly while the device has a channel;
+  replaced by the number the phone dialled, or `""`), present while the device has a
+  channel and is not Idle/Unavailable (a leg being set up on an idle phone is no call);
+* when a device's last channel hangs up while its state still says In Use/Busy/Ringing/
+  On Hold, nothing is published until the device state catches up (`Hangup` comes up to
+  a few ms before `DeviceStateChange`), so a call ends in one change, not via a
+  call-less "In Use";
+* `PeerStatus` and `ContactStatus` are not used: `DeviceStateChange` reports the same
+  registration changes within a millisecond, and using both would split one change;
 * a device whose state is still unknown (no `DeviceStateChange` or hint seen yet) is not
   published, except as Connecting.
 """

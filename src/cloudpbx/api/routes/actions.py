@@ -7,10 +7,11 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Form
+from pydantic import BaseModel, Field
 from starlette.responses import PlainTextResponse, Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
-from cloudpbx.api.responses import OrjsonResponse
+from cloudpbx.api.responses import CLIENT_ERRORS, ErrorBody, OrjsonResponse
 from cloudpbx.domain.errors import BadRequest
 from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
 
@@ -21,6 +22,15 @@ router = APIRouter()
 _EXTENSION = re.compile(r"[0-9]{1,10}")
 _DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
 
+
+class SmsResponse(BaseModel):
+    """The document's RESPONSE object (documentation only; SendOutcome.body() builds it)."""
+
+    responseId: str = Field(description="19 digits; also the uniqueid of the SMS's CDR row")
+    responseStatus: str = Field(description="QUEUE on success, FAILED when refused")
+    responseErrorMessage: str | None = Field(description="null unless the gateway failed")
+
+
 ACTION_ERROR = "Action Error"
 PARAMETER_MISSING = "Parameter is missing"
 
@@ -29,8 +39,10 @@ PARAMETER_MISSING = "Parameter is missing"
     "/dial",
     tags=["actions"],
     summary="Call cpa, then connect it to cpb",
-    response_class=PlainTextResponse,
+    # A class without a media type: the answers below are text, its errors JSON.
+    response_class=Response,
     responses={
+        **CLIENT_ERRORS,
         200: {"content": {"text/plain": {"example": "OK"}}},
         500: {"content": {"text/plain": {"example": ACTION_ERROR}}},
     },
@@ -75,10 +87,14 @@ async def dial(
     tags=["actions"],
     summary="Send an SMS through the PBX's gateway",
     responses={
-        200: {"content": {"application/json": {}}},
-        400: {"content": {"text/plain": {"example": PARAMETER_MISSING}}},
-        403: {"description": "the PBX has no SMS gateway"},
-        500: {"description": "gateway failure; responseErrorMessage says why"},
+        **CLIENT_ERRORS,
+        200: {"model": SmsResponse},
+        400: {
+            "description": "`to` or `body` missing or invalid",
+            "content": {"text/plain": {"example": PARAMETER_MISSING}},
+        },
+        403: {"model": ErrorBody, "description": "The PBX has no SMS gateway"},
+        500: {"model": SmsResponse, "description": "Gateway failure: responseErrorMessage"},
     },
 )
 async def send_sms(

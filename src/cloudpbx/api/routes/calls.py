@@ -10,10 +10,13 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
 from cloudpbx.api.responses import (
+    CLIENT_ERRORS,
+    ErrorBody,
     OrjsonResponse,
     RangeAnswer,
     RecordingFileResponse,
@@ -37,10 +40,66 @@ AUDIO_TYPES = {
     "opus": "audio/ogg",
 }
 
-_LIST: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
+_BINARY = {"type": "string", "format": "binary"}
+_LOCAL_TIME = "YYYY-MM-DD HH:MM:SS in the PBX's time zone"
 
 
-@router.get("/cdr", tags=["calls"], responses=_LIST, summary="CDR rows of a date range")
+# Documentation only: the lists are rendered to JSON by the database (storage/json_rows.py),
+# these models describe what that JSON holds.
+class CdrRow(BaseModel):
+    """One billing record, Asterisk CDR semantics, fields in the document's order."""
+
+    calldate: str = Field(description=f"Call start, {_LOCAL_TIME}")
+    clid: str = Field(description='Caller id, `"Name" <number>`')
+    src: str
+    dst: str
+    channel: str
+    dstchannel: str
+    lastapp: str = Field(description="Last dialplan application: Dial, Queue, SMS, ...")
+    duration: int = Field(description="Seconds, including setup")
+    billsec: int = Field(description="Seconds after answer (at most duration)")
+    disposition: str = Field(description="ANSWERED, NO ANSWER, BUSY or FAILED")
+    uniqueid: str = Field(description="Call id `epoch.seq`, or an SMS's responseId")
+    cost: str = Field(description='Grosze as a string; "" when not rated')
+    zone: str = Field(description='Billing zone; "" when none')
+
+
+class TranscriptionRow(BaseModel):
+    uniqueid: str
+    calldate: str = Field(description=f"Call start, {_LOCAL_TIME}")
+    src: str
+    dst: str
+
+
+class Transcription(BaseModel):
+    uniqueid: str
+    content: str
+    summary: str
+
+
+class RecordingRow(BaseModel):
+    uniqueid: str
+    src: str
+    dst: str
+    format: str = Field(description="File format, e.g. wav; the download is {uniqueid}.{format}")
+    date: str = Field(description=f"Call start, {_LOCAL_TIME}")
+
+
+def _list_of(rows: Any) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a capped list endpoint (its rows' model and the cap headers)."""
+    headers = {
+        "X-Total-Count": {"description": "Rows that matched", "schema": {"type": "integer"}},
+        "X-Truncated": {
+            "description": "`true` when more rows matched than the cap; the oldest are sent",
+            "schema": {"type": "string"},
+        },
+    }
+    return {**CLIENT_ERRORS, 200: {"model": rows, "headers": headers}}
+
+
+@router.get(
+    "/cdr", tags=["calls"], responses=_list_of(list[CdrRow]), summary="CDR rows of a date range"
+)
 async def list_cdr(
     tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
 ) -> Response:
@@ -50,7 +109,12 @@ async def list_cdr(
     return page_response(await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap))
 
 
-@router.get("/transcription", tags=["calls"], responses=_LIST, summary="Finished transcriptions")
+@router.get(
+    "/transcription",
+    tags=["calls"],
+    responses=_list_of(list[TranscriptionRow]),
+    summary="Finished transcriptions",
+)
 async def list_transcriptions(
     tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
 ) -> Response:
@@ -62,7 +126,12 @@ async def list_transcriptions(
 # `:path` (here and on /record) takes ids with `/` in them (`..%2F..`) to the handler, whose
 # check refuses them with a 400; the plain converter let them fall through to a 404 or a
 # slash redirect.
-@router.get("/transcription/{uniqueid:path}", tags=["calls"], summary="One transcription")
+@router.get(
+    "/transcription/{uniqueid:path}",
+    tags=["calls"],
+    summary="One transcription",
+    responses={**CLIENT_ERRORS, 200: {"model": Transcription}},
+)
 async def get_transcription(uniqueid: str, tenant: TenantDep, runtime: RuntimeDep) -> Response:
     found = await runtime.calls.get_transcription(tenant, check_uniqueid(uniqueid))
     if found is None:
@@ -70,7 +139,12 @@ async def get_transcription(uniqueid: str, tenant: TenantDep, runtime: RuntimeDe
     return OrjsonResponse(found)
 
 
-@router.get("/record", tags=["calls"], responses=_LIST, summary="Recordings of a date range")
+@router.get(
+    "/record",
+    tags=["calls"],
+    responses=_list_of(list[RecordingRow]),
+    summary="Recordings of a date range",
+)
 async def list_recordings(
     tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
 ) -> Response:
@@ -83,10 +157,15 @@ async def list_recordings(
     "/record/{uniqueid:path}",
     tags=["calls"],
     summary="Download a recording (supports Range)",
+    response_class=Response,  # no media type of its own: audio, or the JSON errors
     responses={
-        200: {"content": {"audio/wav": {}}},
-        206: {"description": "Partial content"},
-        416: {"description": "Range not satisfiable"},
+        **CLIENT_ERRORS,
+        200: {
+            "description": "The file, as an attachment named {uniqueid}.{format}",
+            "content": {audio: {"schema": _BINARY} for audio in sorted(set(AUDIO_TYPES.values()))},
+        },
+        206: {"description": "The requested byte range (`Content-Range` says which)"},
+        416: {"model": ErrorBody, "description": "No requested range is inside the file"},
     },
 )
 async def download_recording(

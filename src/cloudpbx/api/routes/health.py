@@ -13,7 +13,15 @@ from cloudpbx.api.responses import OrjsonResponse
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["operations"], summary="Health of the server and its database")
+@router.get(
+    "/healthz",
+    tags=["operations"],
+    summary="Health of the server and its database",
+    responses={
+        200: {"description": '`{"status": "ok", "version": ..., "database": "ok"}`'},
+        503: {"description": '`"status": "degraded"`: the database does not answer'},
+    },
+)
 async def healthz(runtime: RuntimeDep) -> Response:
     try:
         async with runtime.engine.connect() as conn:

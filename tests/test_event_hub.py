@@ -1,0 +1,414 @@
+"""EventHub: id blocks, the history ring, replay, write-behind, prune, close, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudpbx.bus.memory import MemoryBus
+from cloudpbx.domain.events import ExtStatus, QueueCalls, Subscriber
+from cloudpbx.domain.states import DeviceState
+from cloudpbx.ports.bus import WireMessage
+from cloudpbx.services import events as events_module
+from cloudpbx.services.events import EventHub
+from cloudpbx.storage import migrate
+from cloudpbx.storage.database import create_engine
+from cloudpbx.storage.events import EventStore
+from cloudpbx.storage.tables import pbx
+from cloudpbx.storage.tenants import Tenant, TenantStore
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsyncEngine]:
+    path = tmp_path_factory.mktemp("hub") / "hub.db"
+    engine = create_engine(f"sqlite:///{path}")
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def tenant(engine: AsyncEngine) -> Tenant:
+    """A fresh PBX per test: its ids start from 1."""
+    return await TenantStore(engine).create(f"Hub{next(_names)}")
+
+
+class CountingTenants(TenantStore):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.reservations = 0
+
+    async def reserve_event_ids(self, pbx_id: int, block: int) -> int:
+        self.reservations += 1
+        return await super().reserve_event_ids(pbx_id, block)
+
+
+class ControlledStore(EventStore):
+    """The real store, with hooks to slow down, block or fail writes and prunes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.append_delay = 0.0
+        self.append_started = asyncio.Event()
+        self.fail_pbx: set[int] = set()
+        self.fail_all = False
+        self.prune_gate: asyncio.Event | None = None
+        self.prune_entered = asyncio.Event()
+        self.prunes: list[tuple[int, int]] = []
+
+    async def append(self, batch: Sequence[tuple[int, WireMessage]]) -> None:
+        self.append_started.set()
+        if self.append_delay:
+            await asyncio.sleep(self.append_delay)
+        if self.fail_all or any(p in self.fail_pbx for p, _ in batch):
+            raise OSError("database unavailable")
+        await super().append(batch)
+
+    async def prune(self, pbx_id: int, keep_after_id: int) -> int:
+        self.prune_entered.set()
+        if self.prune_gate is not None:
+            await self.prune_gate.wait()
+        self.prunes.append((pbx_id, keep_after_id))
+        return await super().prune(pbx_id, keep_after_id)
+
+
+def make_hub(
+    engine: AsyncEngine, **options: Any
+) -> tuple[EventHub, CountingTenants, ControlledStore]:
+    tenants = CountingTenants(engine)
+    store = ControlledStore(engine)
+    settings: dict[str, Any] = {"history_size": 5, "id_block": 3, "flush_interval": 0.01}
+    settings.update(options)
+    return EventHub(tenants, store, MemoryBus(), **settings), tenants, store
+
+
+def ext(n: int) -> ExtStatus:
+    return ExtStatus(str(n), DeviceState.IN_USE)
+
+
+async def publish_n(hub: EventHub, tenant: Tenant, count: int) -> list[int]:
+    ids: list[int] = []
+    for n in range(count):
+        ids += [m.id for m in await hub.publish(tenant, [ext(n)])]
+    return ids
+
+
+async def stored_ids(engine: AsyncEngine, tenant: Tenant) -> list[int]:
+    return [m.id for m in await EventStore(engine).latest(tenant.id, 100_000)]
+
+
+async def reserved(engine: AsyncEngine, tenant: Tenant) -> int:
+    async with engine.connect() as conn:
+        query = select(pbx.c.event_id_reserved).where(pbx.c.id == tenant.id)
+        return int((await conn.execute(query)).scalar_one())
+
+
+# ------------------------------------------------------------------ ids and blocks
+
+
+async def test_ids_start_at_1_and_are_reserved_a_block_at_a_time(engine, tenant) -> None:
+    hub, tenants, _ = make_hub(engine, id_block=3)
+    assert await publish_n(hub, tenant, 7) == [1, 2, 3, 4, 5, 6, 7]
+    assert tenants.reservations == 3  # 1-3, 4-6, 7-9
+    assert await reserved(engine, tenant) == 9
+    await hub.close()
+    assert await reserved(engine, tenant) == 7  # the unused 8 and 9 are given back
+
+
+async def test_a_message_carries_its_id_channel_and_grouped_text(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine)
+    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    messages = await hub.publish(
+        tenant,
+        [
+            Subscriber(f"{tenant.name}-101", DeviceState.RINGING),
+            ExtStatus("101", DeviceState.RINGING),
+            ExtStatus("102", DeviceState.IDLE),
+            QueueCalls("K", 3),
+        ],
+    )
+    assert [m.id for m in messages] == [1, 2]
+    decoded = [orjson.loads(m.data) for m in messages]
+    assert decoded == [
+        {
+            "id": 1,
+            "channel": f"pbx_{tenant.name}",
+            "text": {
+                "subscriber": {"peer": f"{tenant.name}-101", "statusValue": 8},
+                "extstatus": {"exten": "101", "status": 8},
+            },
+        },
+        {
+            "id": 2,
+            "channel": f"pbx_{tenant.name}",
+            "text": {
+                "extstatus": {"exten": "102", "status": 0},
+                "queue": {"peer": "K", "calls": "3"},
+            },
+        },
+    ]
+    assert subscription.drain() == messages
+    assert await hub.publish(tenant, []) == []
+    await hub.close()
+
+
+async def test_pbxes_have_their_own_ids(engine, tenant) -> None:
+    other = await TenantStore(engine).create(f"Hub{next(_names)}")
+    hub, _, _ = make_hub(engine)
+    assert await publish_n(hub, tenant, 2) == [1, 2]
+    assert await publish_n(hub, other, 2) == [1, 2]
+    assert await publish_n(hub, tenant, 1) == [3]
+    await hub.close()
+
+
+async def test_concurrent_publishers_get_unique_ids_delivered_in_order(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, id_block=4, history_size=1_000)
+    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10_000)
+    results = await asyncio.gather(*(publish_n(hub, tenant, 25) for _ in range(8)))
+    ids = sorted(i for r in results for i in r)
+    assert ids == list(range(1, 201))
+    assert [m.id for m in subscription.drain()] == ids  # bus order == id order
+    await hub.close()
+
+
+async def test_a_clean_close_and_restart_continue_without_a_gap(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(hub, tenant, 3) == [1, 2, 3]
+    await hub.close()
+    again, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(again, tenant, 2) == [4, 5]
+    await again.close()
+
+
+async def test_a_crash_skips_the_rest_of_the_block_but_never_reuses(engine, tenant) -> None:
+    crashed, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(crashed, tenant, 3) == [1, 2, 3]
+    await crashed.flush()
+    # No close(): a new process starts over the same database.
+    restarted, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(restarted, tenant, 2) == [101, 102]
+    # The crashed process's late close must not hand back ids someone else now owns.
+    await crashed.close()
+    assert await reserved(engine, tenant) == 200
+    await restarted.close()
+    assert await reserved(engine, tenant) == 102
+    third, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(third, tenant, 1) == [103]
+    await third.close()
+
+
+async def test_a_publish_after_close_does_not_reuse_released_ids(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, id_block=100)
+    assert await publish_n(hub, tenant, 2) == [1, 2]
+    await hub.close()  # gives 3-100 back
+    late = await publish_n(hub, tenant, 1)  # e.g. a straggler during shutdown
+    other, _, _ = make_hub(engine, id_block=100)
+    fresh = await publish_n(other, tenant, 1)
+    assert late != fresh
+    assert late[0] > 2 and fresh[0] > 2
+    await other.close()
+    await hub.close()
+
+
+# -------------------------------------------------------------- history and replay
+
+
+async def test_history_keeps_the_newest_and_replay_reports_gaps(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, history_size=5)
+    await publish_n(hub, tenant, 12)  # ids 1..12, 8..12 kept
+    replay = await hub.replay_after(tenant, 2)
+    assert [m.id for m in replay.messages] == [8, 9, 10, 11, 12]
+    assert not replay.complete
+    assert replay.newest == 12
+    replay = await hub.replay_after(tenant, 7)
+    assert [m.id for m in replay.messages] == [8, 9, 10, 11, 12]
+    assert replay.complete
+    replay = await hub.replay_after(tenant, 10)
+    assert ([m.id for m in replay.messages], replay.complete) == ([11, 12], True)
+    for last in (12, 50):
+        replay = await hub.replay_after(tenant, last)
+        assert (replay.messages, replay.complete, replay.newest) == ([], True, 12)
+    assert await hub.last_id(tenant) == 12
+    await hub.close()
+
+
+async def test_replay_of_an_empty_or_young_history(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, history_size=5)
+    replay = await hub.replay_after(tenant, 0)
+    assert (replay.messages, replay.complete, replay.newest) == ([], True, 0)
+    assert await hub.last_id(tenant) == 0
+    await publish_n(hub, tenant, 3)
+    replay = await hub.replay_after(tenant, 0)
+    assert ([m.id for m in replay.messages], replay.complete) == ([1, 2, 3], True)
+    await hub.close()
+
+
+async def test_history_is_loaded_from_the_database(engine, tenant) -> None:
+    first, _, _ = make_hub(engine, history_size=5, id_block=100)
+    await publish_n(first, tenant, 4)
+    await first.close()
+    second, _, _ = make_hub(engine, history_size=5, id_block=100)
+    replay = await second.replay_after(tenant, 1)
+    assert ([m.id for m in replay.messages], replay.complete) == ([2, 3, 4], True)
+    assert await publish_n(second, tenant, 3) == [5, 6, 7]
+    replay = await second.replay_after(tenant, 2)
+    assert ([m.id for m in replay.messages], replay.complete) == ([3, 4, 5, 6, 7], True)
+    replay = await second.replay_after(tenant, 1)  # 2 fell out of the history
+    assert ([m.id for m in replay.messages], replay.complete) == ([3, 4, 5, 6, 7], False)
+    await second.close()
+
+
+async def test_concurrent_first_use_loads_one_channel(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine)
+    results = await asyncio.gather(
+        hub.publish(tenant, [ext(1)]), hub.replay_after(tenant, 0), hub.publish(tenant, [ext(2)])
+    )
+    # Two concurrent publishes: either may go first, but the ids are 1 and 2.
+    assert sorted([m.id for m in results[0]] + [m.id for m in results[2]]) == [1, 2]
+    assert [m.id for m in (await hub.replay_after(tenant, 0)).messages] == [1, 2]
+    await hub.close()
+
+
+# ---------------------------------------------------------------- write-behind
+
+
+async def test_messages_are_written_behind_in_the_background(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, flush_interval=0.01, history_size=100)
+    ids = await publish_n(hub, tenant, 10)
+    assert await stored_ids(engine, tenant) == []  # not on the publishing path
+    for _ in range(100):
+        if await stored_ids(engine, tenant) == ids:
+            break
+        await asyncio.sleep(0.01)
+    assert await stored_ids(engine, tenant) == ids
+    await hub.close()
+
+
+async def test_prune_keeps_what_the_history_keeps(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, history_size=5, id_block=100)
+    await publish_n(hub, tenant, 12)
+    await hub.flush()
+    assert store.prunes == [(tenant.id, 7)]
+    assert await stored_ids(engine, tenant) == [8, 9, 10, 11, 12]
+    await hub.close()
+
+
+async def test_close_waits_for_a_write_in_flight_instead_of_losing_it(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=0.001, history_size=100)
+    store.append_delay = 0.1
+    ids = await publish_n(hub, tenant, 5)
+    await asyncio.wait_for(store.append_started.wait(), 1)
+    more = await publish_n(hub, tenant, 2)  # pending while the first batch is written
+    await hub.close()
+    assert await stored_ids(engine, tenant) == ids + more
+
+
+async def test_messages_published_while_the_flusher_prunes_are_written(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=0.001, history_size=5, id_block=100)
+    store.prune_gate = asyncio.Event()
+    ids = await publish_n(hub, tenant, 6)  # enough to make a prune due
+    await asyncio.wait_for(store.prune_entered.wait(), 1)
+    late = await publish_n(hub, tenant, 2)  # the flusher is busy pruning
+    store.prune_gate.set()
+    expected = (ids + late)[-5:]
+    for _ in range(100):  # no further publish, no close: the flusher must go on by itself
+        if (await stored_ids(engine, tenant))[-2:] == late:
+            break
+        await asyncio.sleep(0.01)
+    assert (await stored_ids(engine, tenant))[-5:] == expected
+    await hub.close()
+
+
+async def test_a_channel_added_during_a_prune_does_not_break_it(engine, tenant) -> None:
+    other = await TenantStore(engine).create(f"Hub{next(_names)}")
+    hub, _, store = make_hub(engine, history_size=2, id_block=100, flush_interval=60)
+    await publish_n(hub, tenant, 4)
+    store.prune_gate = asyncio.Event()
+    flush = asyncio.create_task(hub.flush())
+    await asyncio.wait_for(store.prune_entered.wait(), 1)
+    await publish_n(hub, other, 1)  # a new channel while flush() iterates the channels
+    store.prune_gate.set()
+    assert await asyncio.wait_for(flush, 1) is True
+    await hub.close()
+    assert await stored_ids(engine, other) == [1]
+
+
+async def test_failed_writes_are_retried_in_order(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
+    store.fail_all = True
+    first = await publish_n(hub, tenant, 3)
+    assert await hub.flush() is False
+    second = await publish_n(hub, tenant, 2)
+    assert await hub.flush() is False
+    store.fail_all = False
+    assert await hub.flush() is True
+    assert await stored_ids(engine, tenant) == first + second
+    await hub.close()
+
+
+async def test_one_failing_pbx_does_not_hold_back_another(engine, tenant) -> None:
+    other = await TenantStore(engine).create(f"Hub{next(_names)}")
+    hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
+    store.fail_pbx = {tenant.id}
+    await publish_n(hub, tenant, 2)
+    ok = await publish_n(hub, other, 2)
+    assert await hub.flush() is False
+    assert await stored_ids(engine, other) == ok
+    assert await stored_ids(engine, tenant) == []
+    store.fail_pbx = set()
+    await hub.close()
+    assert await stored_ids(engine, tenant) == [1, 2]
+
+
+async def test_writes_that_keep_failing_are_dropped_after_some_attempts(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
+    store.fail_all = True
+    await publish_n(hub, tenant, 2)
+    results = [await hub.flush() for _ in range(events_module.MAX_ATTEMPTS)]
+    assert results == [False] * events_module.MAX_ATTEMPTS
+    store.fail_all = False
+    assert await hub.flush() is True  # nothing left to write
+    assert await stored_ids(engine, tenant) == []
+    # Memory still has them: resume within this process still works.
+    assert [m.id for m in (await hub.replay_after(tenant, 0)).messages] == [1, 2]
+    await hub.close()
+
+
+async def test_close_with_a_dead_database_ends(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=0.001, history_size=100)
+    store.fail_all = True
+    await publish_n(hub, tenant, 2)
+    await asyncio.wait_for(hub.close(), 3)
+
+
+async def test_the_flusher_backs_off_on_failures(engine, tenant, monkeypatch) -> None:
+    monkeypatch.setattr(events_module, "MAX_BACKOFF", 0.05)
+    hub, _, store = make_hub(engine, flush_interval=0.001, history_size=100)
+    calls = 0
+    original = store.append
+
+    async def failing(batch: Sequence[tuple[int, WireMessage]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise OSError("database unavailable")
+        await original(batch)
+
+    store.append = failing  # type: ignore[method-assign]
+    ids = await publish_n(hub, tenant, 2)
+    for _ in range(100):
+        if await stored_ids(engine, tenant) == ids:
+            break
+        await asyncio.sleep(0.01)
+    assert await stored_ids(engine, tenant) == ids
+    assert calls == 3
+    await hub.close()
