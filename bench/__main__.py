@@ -56,9 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--wait-quiet",
         type=float,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
-        help="before each suite, wait up to this long for other load to drop (default 60)",
+        help="before each suite, wait up to this long for other load to drop "
+        "(default 60, quick 10)",
     )
     parser.add_argument(
         "--profile",
@@ -111,6 +112,8 @@ async def main(args: argparse.Namespace) -> Report:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.wait_quiet is None:
+        args.wait_quiet = 10.0 if args.quick else 60.0
     raise_fd_limit()
     started = time.monotonic()
     mode = "quick" if args.quick else "full"

@@ -51,6 +51,9 @@ async def verify(server: Server, day: str) -> tuple[list[str], int]:
             "/cdr", params=params, headers={"Authorization": f"Bearer {CDR_KEY}"}
         )
         static = await client.get("/_bench/cdr-static", params={**params, "pbx": CDR_PBX})
+        cached = await client.get(
+            "/_bench/cdr-cached", params=params, headers={"Authorization": f"Bearer {CDR_KEY}"}
+        )
     if response.status_code != 200:
         return [f"/cdr answered {response.status_code}: {response.text[:200]}"], 0
     if response.headers.get("x-total-count") != str(DAY_ROWS):
@@ -70,6 +73,8 @@ async def verify(server: Server, day: str) -> tuple[list[str], int]:
         problems.append("duration must be int and cost a string")
     if static.content != response.content:
         problems.append("the precomputed baseline's bytes differ from /cdr's")
+    if cached.content != response.content:
+        problems.append("the page-cache prototype's bytes differ from /cdr's")
     return problems, len(response.content)
 
 
@@ -175,13 +180,14 @@ async def run(report: Report, *, quick: bool, loop: str) -> None:
         paths = {
             "cdr": (f"/cdr{query}", True),
             "precomputed": (f"/_bench/cdr-static{query}&pbx={CDR_PBX}", False),
+            "cache-proto": (f"/_bench/cdr-cached{query}", True),
         }
-        seconds = 3.0 if quick else 8.0
+        seconds = 2.0 if quick else 8.0
         rounds = 1 if quick else 2
         results: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for _ in range(rounds):
             for conns in (1, 4):
-                for name in ("precomputed", "cdr"):
+                for name in ("precomputed", "cdr", "cache-proto"):
                     path, auth = paths[name]
                     print(f"[cdr] {name}, {conns} client(s), {seconds:.0f}s")
                     outcome = await load(server, path, conns, seconds, size, auth)
@@ -276,6 +282,15 @@ async def run(report: Report, *, quick: bool, loop: str) -> None:
         f"{thr_ratio:.1f}x slower",
         "<= 4x",
         thr_ratio <= RATIO_TARGET,
+    )
+    proto_ratio = stats[("cache-proto", 1)]["p50"] / stats[("precomputed", 1)]["p50"]
+    proto_thr = stats[("precomputed", 4)]["rps"] / stats[("cache-proto", 4)]["rps"]
+    report.add(
+        suite,
+        "proposed page cache (bench prototype)",
+        f"{proto_ratio:.1f}x / {proto_thr:.1f}x",
+        note=f"p50 {ms(stats[('cache-proto', 1)]['p50'])}; p50 ratio 1 client / req/s ratio "
+        "4 clients, vs precomputed; not in src",
     )
     report.add(
         suite,

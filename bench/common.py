@@ -69,6 +69,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+MAX_CHILD_SECONDS = 1800.0
+"""No benchmark process lives longer than this, whatever happens to the orchestrator."""
+
+
+async def until_orphaned(max_seconds: float = MAX_CHILD_SECONDS) -> None:
+    """Return when stdin reaches EOF (the orchestrator closed it or died) or after
+    `max_seconds`: servers watch this so that none outlives its run."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max_seconds):
+            while await reader.readline():
+                pass
+
+
 def emit(obj: dict[str, Any]) -> None:
     """One JSON line on stdout: how the child processes talk to the orchestrator."""
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")

@@ -21,7 +21,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-from bench.common import HOST, emit, install_uvloop, raise_fd_limit, rss_kib
+from bench.common import HOST, emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
 
 CLIENTS: set[ServerConnection] = set()
 
@@ -123,7 +123,10 @@ async def main() -> None:
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         emit({"event": "ready", "port": port, "pid": os.getpid()})
+        watchdog = asyncio.create_task(until_orphaned())
+        watchdog.add_done_callback(lambda _: SHUTDOWN.set())
         await SHUTDOWN.wait()
+        watchdog.cancel()
         server.close()
 
 

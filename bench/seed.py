@@ -127,6 +127,8 @@ def cdr_database(total: int = 1_000_000, day_rows: int = 10_000, log: bool = Tru
     path = DATA_DIR / f"cdr-{schema_tag()}-{total}-{day_rows}.sqlite"
     if path.exists():
         return path
+    for stale in DATA_DIR.glob(f"cdr-*-{total}-{day_rows}.sqlite"):
+        _remove_db(stale)  # built for an older schema: ~250 MB each, not kept
     started = time.monotonic()
     tmp = path.with_suffix(".tmp")
     _remove_db(tmp)

@@ -7,6 +7,8 @@ production one); the only additions are routes under `/_bench/` on the same app:
 
 - `GET /_bench/cdr-static?pbx=&datestart=&datestop=`: the same `/cdr` page bytes,
   computed once and then served precomputed (the framework baseline, no auth, no DB);
+- `GET /_bench/cdr-cached?datestart=&datestop=` (auth as /cdr): a prototype of the page
+  cache proposed in docs/benchmarks.md, to measure what it would give;
 - `POST /_bench/publish?pbx=&count=&rate=&step=`: publish `count` `subscriber` events
   through `EventHub.publish` at `rate` per second; `connectPeerName` carries the publish
   time (`time.time()`), `connectPeerNumber` the step number;
@@ -32,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from sqlalchemy import func, select
 from starlette.responses import Response
 
-from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib
+from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
+from cloudpbx.api.auth import bearer_token, tenant_for_key
 from cloudpbx.api.responses import OrjsonResponse, page_response
 from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.events import Subscriber
@@ -44,6 +48,7 @@ from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.server import attach_backends, uvicorn_config
 from cloudpbx.settings import load_settings
 from cloudpbx.storage.calls import JsonPage
+from cloudpbx.storage.tables import cdr
 
 
 def starlette_ws_route(app: FastAPI) -> None:
@@ -74,6 +79,30 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
             period = date_range(datestart, datestop, tenant.zone)
             page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
             pages[key] = page
+        return page_response(page)
+
+    cached: dict[tuple[int, object, object], tuple[tuple[int, int], JsonPage]] = {}
+
+    async def cdr_cached(request: Request, datestart: str, datestop: str) -> Response:
+        """Prototype of a proposed fix (not in src): /cdr with a page cache. CDR rows are
+        append-only, so `count(*), max(id)` over the range (a covering-index probe,
+        < 1 ms) tells whether a cached page is still exact."""
+        key_text = bearer_token(request.headers.get("authorization"))
+        tenant = await tenant_for_key(runtime, key_text)
+        period = date_range(datestart, datestop, tenant.zone)
+        low, high = period.utc_bounds()
+        probe = select(func.count(), func.max(cdr.c.id)).where(
+            cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high
+        )
+        async with runtime.engine.connect() as conn:
+            count, newest = (await conn.execute(probe)).one()
+        version = (int(count), int(newest or 0))
+        key = (tenant.id, low, high)
+        hit = cached.get(key)
+        if hit is not None and hit[0] == version:
+            return page_response(hit[1])
+        page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
+        cached[key] = (version, page)
         return page_response(page)
 
     async def publish(
@@ -168,6 +197,7 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         return OrjsonResponse({"stopping": True})
 
     app.add_api_route("/_bench/cdr-static", cdr_static, methods=["GET"])
+    app.add_api_route("/_bench/cdr-cached", cdr_cached, methods=["GET"])
     app.add_api_route("/_bench/publish", publish, methods=["POST"])
     app.add_api_route("/_bench/stats", stats, methods=["GET"])
     app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])
@@ -200,7 +230,10 @@ async def main() -> None:
         raise RuntimeError("the server did not start in 30 s")
     port = server.servers[0].sockets[0].getsockname()[1]
     emit({"event": "ready", "port": port, "pid": os.getpid()})
+    watchdog = asyncio.create_task(until_orphaned())
+    watchdog.add_done_callback(lambda _: setattr(server, "should_exit", True))
     await task
+    watchdog.cancel()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.common import emit, install_uvloop, raise_fd_limit
+from bench.common import MAX_CHILD_SECONDS, emit, install_uvloop, raise_fd_limit
 
 CONNECT_CONCURRENCY = 64
 CONNECT_TIMEOUT = 30.0
@@ -140,7 +140,9 @@ class RawClient(asyncio.Protocol):
         ).encode()
         loop = asyncio.get_running_loop()
         _, client = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(counts, request), parts.hostname, parts.port or 80),
+            loop.create_connection(
+                lambda: cls(counts, request), parts.hostname or "127.0.0.1", parts.port or 80
+            ),
             CONNECT_TIMEOUT,
         )
         await asyncio.wait_for(client.upgraded, CONNECT_TIMEOUT)
@@ -326,8 +328,12 @@ async def main() -> None:
     async def run_step(step: int, deadline: float) -> None:
         emit(await worker.step(step, deadline))
 
-    while True:
-        line = await stdin.readline()
+    started = time.monotonic()
+    while time.monotonic() - started < MAX_CHILD_SECONDS:
+        try:
+            line = await asyncio.wait_for(stdin.readline(), 60)
+        except TimeoutError:
+            continue
         if not line:
             break
         command = orjson.loads(line)

@@ -206,6 +206,30 @@ async def test_a_crash_skips_the_rest_of_the_block_but_never_reuses(engine, tena
     await third.close()
 
 
+async def test_after_a_crash_a_resume_from_before_it_is_partial(engine, tenant) -> None:
+    crashed, _, store = make_hub(engine, id_block=100, history_size=100)
+    await publish_n(crashed, tenant, 3)
+    await crashed.flush()
+    store.fail_all = True  # 4 and 5 go out but never reach the database
+    await publish_n(crashed, tenant, 2)
+    restarted, _, _ = make_hub(engine, id_block=100, history_size=100)
+    replay = await restarted.replay_after(tenant, 1)
+    assert ([m.id for m in replay.messages], replay.complete) == ([2, 3], False)
+    replay = await restarted.replay_after(tenant, 5)  # saw 5; 6-100 may have gone out too
+    assert (replay.messages, replay.complete) == ([], False)
+    assert await publish_n(restarted, tenant, 1) == [101]
+    replay = await restarted.replay_after(tenant, 100)
+    assert ([m.id for m in replay.messages], replay.complete) == ([101], True)
+    await restarted.close()
+    store.fail_all = False
+    await crashed.close()
+    # A clean stop leaves nothing uncertain: the next process vouches for everything.
+    clean, _, _ = make_hub(engine, id_block=100, history_size=100)
+    replay = await clean.replay_after(tenant, 101)
+    assert (replay.messages, replay.complete) == ([], True)
+    await clean.close()
+
+
 async def test_a_publish_after_close_does_not_reuse_released_ids(engine, tenant) -> None:
     hub, _, _ = make_hub(engine, id_block=100)
     assert await publish_n(hub, tenant, 2) == [1, 2]
@@ -216,6 +240,30 @@ async def test_a_publish_after_close_does_not_reuse_released_ids(engine, tenant)
     assert late != fresh
     assert late[0] > 2 and fresh[0] > 2
     await other.close()
+    await hub.close()
+
+
+async def test_a_failed_reservation_keeps_what_already_went_out(engine, tenant) -> None:
+    hub, tenants, _ = make_hub(engine, id_block=2, flush_interval=0.001, history_size=100)
+    original = tenants.reserve_event_ids
+
+    async def reserve(pbx_id: int, block: int) -> int:
+        if tenants.reservations >= 1:
+            raise OSError("database unavailable")
+        return await original(pbx_id, block)
+
+    tenants.reserve_event_ids = reserve  # type: ignore[method-assign]
+    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    with pytest.raises(OSError):
+        await hub.publish(tenant, [ext(1), ext(2), ext(3)])  # the third needs a new block
+    assert [m.id for m in subscription.drain()] == [1, 2]
+    for _ in range(100):
+        if await stored_ids(engine, tenant) == [1, 2]:
+            break
+        await asyncio.sleep(0.01)
+    assert await stored_ids(engine, tenant) == [1, 2]
+    tenants.reserve_event_ids = original  # type: ignore[method-assign]
+    assert await publish_n(hub, tenant, 1) == [3]
     await hub.close()
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudpbx.adapters.smsapi import CallbackSigner, SmsapiGateway
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
 from cloudpbx.services.events import EventHub
 from cloudpbx.services.ingest import PbxIngest
-from cloudpbx.services.sms import SmsService
+from cloudpbx.services.sms import OutboxPolicy, SmsService
 from cloudpbx.settings import Settings
 from cloudpbx.storage import migrate
 from cloudpbx.storage.calls import CallStore
@@ -43,6 +44,8 @@ class Runtime:
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
     backends: list[PbxBackend] = field(default_factory=list)
+    # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
+    sms_callbacks: CallbackSigner | None = None
 
     def backend_for(self, tenant: Tenant) -> PbxBackend | None:
         for backend in self.backends:
@@ -57,12 +60,14 @@ class Runtime:
         await self.migrate()
         for gateway in self.sms_gateways.values():
             await gateway.start(self.sms)
+        await self.sms.start()
         for backend in self.backends:
             await backend.start(self.ingest)
 
     async def stop(self) -> None:
         for backend in self.backends:
             await backend.stop()
+        await self.sms.stop()
         for gateway in self.sms_gateways.values():
             await gateway.stop()
         await self.hub.close()
@@ -84,5 +89,43 @@ def build_runtime(settings: Settings) -> Runtime:
     gateways: dict[str, SmsGateway] = {}
     if settings.sms_gateway == "simulator":
         gateways["simulator"] = SimulatedSmsGateway(step_delay=settings.sms_simulator_step)
-    sms = SmsService(tenants, sms_store, calls, hub, gateways, settings.sms_price_per_part)
-    return Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    signer = _add_smsapi_gateways(settings, gateways)
+    sms = SmsService(
+        tenants,
+        sms_store,
+        calls,
+        hub,
+        gateways,
+        settings.sms_price_per_part,
+        policy=OutboxPolicy(
+            submit_timeout=settings.sms_submit_timeout,
+            retry_base=settings.sms_retry_base,
+            retry_max=settings.sms_retry_max,
+            retry_deadline=settings.sms_retry_deadline,
+            poll_interval=settings.sms_poll_interval,
+            report_max_age=settings.sms_report_max_age,
+            dispatch_interval=settings.sms_dispatch_interval,
+        ),
+    )
+    runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime.sms_callbacks = signer
+    return runtime
+
+
+def _add_smsapi_gateways(
+    settings: Settings, gateways: dict[str, SmsGateway]
+) -> CallbackSigner | None:
+    """One SmsapiGateway per `[smsapi.NAME]` account, sharing one callback signer."""
+    if not settings.smsapi:
+        return None
+    key_file = settings.sms_callback_secret_file or settings.data_dir / "sms-callback.key"
+    signer = CallbackSigner(key_file, settings.sms_callback_base_url)
+    for name, account in settings.smsapi.items():
+        if name in gateways or not 1 <= len(name) <= 32:
+            raise ValueError(
+                f"SMSAPI account name {name!r}: must be 1-32 characters and not 'simulator'"
+            )
+        gateways[name] = SmsapiGateway(
+            name, account, None, signer, timeout=settings.sms_submit_timeout
+        )
+    return signer

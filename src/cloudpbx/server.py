@@ -36,8 +36,15 @@ async def attach_backends(runtime: Runtime) -> None:
     settings = runtime.settings
     if settings.backend == "none":
         return
+    if settings.backend == "asterisk":
+        from cloudpbx.adapters.asterisk.wiring import asterisk_backend
+
+        runtime.backends.append(await asterisk_backend(runtime))
+        return
     if settings.backend != "simulator":
-        raise ValueError(f"unknown backend {settings.backend!r}; use 'simulator' or 'none'")
+        raise ValueError(
+            f"unknown backend {settings.backend!r}; use 'simulator', 'asterisk' or 'none'"
+        )
     from cloudpbx.adapters.simulator import SimulatorBackend
 
     names = [tenant.name for tenant in await runtime.tenants.list()]

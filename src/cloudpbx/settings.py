@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloudpbx.adapters.smsapi.config import SmsapiAccount
+
 
 class Settings(BaseSettings):
     """Every knob of the server, with the defaults of the embedded set-up."""
@@ -24,13 +26,71 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    backend: str = Field("simulator", description="PBX backend: 'simulator' or 'none'")
+    backend: str = Field("simulator", description="PBX backend: 'simulator', 'asterisk' or 'none'")
+    asterisk_config: Path | None = Field(
+        None, description="TOML file of the Asterisk backend: servers, PBXes, rating"
+    )
     sms_gateway: str = Field("simulator", description="SMS gateway: 'simulator' or 'none'")
     sms_price_per_part: int = Field(16, ge=0, description="Grosze billed per SMS part")
     sms_simulator_step: float = Field(1.0, ge=0, description="Seconds between SMS statuses")
+    # SMSAPI accounts and the outbox (docs/sms.md). A PBX uses an account by naming it
+    # as its SMS gateway (`pbx add --sms-gateway NAME`).
+    smsapi: dict[str, SmsapiAccount] = Field(
+        default_factory=dict, description="SMSAPI accounts by gateway name"
+    )
+    sms_callback_base_url: str = Field(
+        "", description="Public URL SMSAPI reaches this server at; empty: poll only"
+    )
+    sms_callback_secret_file: Path | None = Field(
+        None, description="Key of the callback URL tokens; default data_dir/sms-callback.key"
+    )
+    sms_submit_timeout: float = Field(10.0, gt=0, description="Seconds one submission may take")
+    sms_retry_base: float = Field(2.0, gt=0, description="First retry delay (doubles)")
+    sms_retry_max: float = Field(300.0, gt=0, description="Longest retry delay")
+    sms_retry_deadline: float = Field(3600.0, gt=0, description="Seconds to keep retrying")
+    sms_poll_interval: float = Field(120.0, gt=0, description="Seconds between status queries")
+    sms_report_max_age: float = Field(
+        259_200.0, gt=0, description="Seconds without a final status before UNKNOWN"
+    )
+    sms_dispatch_interval: float = Field(1.0, gt=0, description="Seconds between outbox rounds")
     cdr_cap: int = Field(10_000, ge=1, description="Most CDR rows one /cdr returns")
     record_cap: int = Field(5_000, ge=1, description="Most rows one /record returns")
     transcription_cap: int = Field(10_000, ge=1, description="Most rows one /transcription returns")
+    # Transcription of recordings: engines, summaries, the job queue (docs/transcription.md).
+    transcription_engine: str = Field(
+        "pocketsphinx", description="Engine: 'pocketsphinx', 'whisper', 'openai' or 'none'"
+    )
+    transcription_engines: dict[str, str] = Field(
+        default_factory=dict, description="Engine per PBX name, overriding transcription_engine"
+    )
+    transcription_language: str = Field("", description="Language hint (e.g. 'pl'); '': detect")
+    transcription_workers: int = Field(0, ge=0, description="Workers inside the API process")
+    transcription_lease: float = Field(60.0, ge=1, description="Seconds a claim lasts unrenewed")
+    transcription_max_attempts: int = Field(5, ge=1, description="Attempts before a job fails")
+    transcription_retry_delay: float = Field(30.0, gt=0, description="First retry delay (doubles)")
+    transcription_retry_max: float = Field(3600.0, gt=0, description="Longest retry delay")
+    transcription_poll_interval: float = Field(2.0, gt=0, description="Seconds between queue polls")
+    pocketsphinx_hmm: Path | None = Field(None, description="Acoustic model folder; default en-us")
+    pocketsphinx_lm: Path | None = Field(None, description="Language model; default en-us")
+    pocketsphinx_dict: Path | None = Field(None, description="Pronunciation dictionary")
+    whisper_model_dir: Path | None = Field(None, description="CTranslate2 Whisper model folder")
+    whisper_device: str = Field("cpu", description="'cpu', 'cuda' or 'auto'")
+    whisper_compute_type: str = Field("int8", description="CTranslate2 compute type")
+    whisper_beam_size: int = Field(5, ge=1)
+    whisper_cpu_threads: int = Field(0, ge=0, description="0: CTranslate2's default")
+    whisper_vad: bool = Field(True, description="Skip silence with faster-whisper's VAD")
+    openai_url: str = Field("", description="Base URL of an OpenAI-compatible server, '/v1' incl.")
+    openai_api_key: str = Field("", description="Bearer token for openai_url ('' for none)")
+    openai_model: str = Field("whisper-1", description="Model name sent to /audio/transcriptions")
+    openai_timeout: float = Field(300.0, gt=0, description="Seconds one request may take")
+    openai_chunk_seconds: float = Field(600.0, ge=30, description="Longest audio per request")
+    summariser: str = Field("extractive", description="'extractive', 'openai' or 'none'")
+    summary_sentences: int = Field(3, ge=1, description="Sentences an extractive summary keeps")
+    summary_url: str = Field("", description="OpenAI-compatible base URL; '' = openai_url")
+    summary_api_key: str = Field("", description="Bearer token; '' = openai_api_key")
+    summary_model: str = Field("gpt-4o-mini", description="Model for /chat/completions")
+    summary_prompt: str = Field("", description="System prompt; '' = the documented default")
+    summary_timeout: float = Field(120.0, gt=0, description="Seconds one request may take")
     ws_history_size: int = Field(10_000, ge=1, description="Messages kept per PBX for resume")
     ws_buffer_size: int = Field(1_000, ge=1, description="Messages queued per connection")
     ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between server pings")

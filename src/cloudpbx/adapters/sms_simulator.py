@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 from cloudpbx.domain.states import SmsStatus
-from cloudpbx.ports.sms import OutgoingSms, SmsStatusSink, SubmitResult
+from cloudpbx.ports.sms import OutgoingSms, SmsStatusSink, StatusReport, SubmitResult
 
 _FAILURES = {"000": SmsStatus.UNDELIVERED, "999": SmsStatus.REJECTED, "555": SmsStatus.EXPIRED}
 
 
 class SimulatedSmsGateway:
+    # Statuses come through the sink; there is nothing to look up.
+    polls = False
+
     def __init__(self, step_delay: float = 1.0) -> None:
         self._step_delay = step_delay
         self._sink: SmsStatusSink | None = None
@@ -26,7 +30,9 @@ class SimulatedSmsGateway:
         self._sink = sink
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, set()
+        # A copy: the tasks' done callbacks discard themselves from the set while we wait.
+        tasks = list(self._tasks)
+        self._tasks.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -39,6 +45,9 @@ class SimulatedSmsGateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return SubmitResult(message_id=message.idx, status=SmsStatus.QUEUE, points=0.0)
+
+    async def query(self, message_ids: Sequence[str]) -> list[StatusReport]:
+        return []
 
     @staticmethod
     def final_status(to: str) -> SmsStatus:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from cloudpbx import __version__
 from cloudpbx.api import ws
 from cloudpbx.api.errors import install_error_handlers
-from cloudpbx.api.routes import actions, calls, health
+from cloudpbx.api.routes import actions, calls, health, sms_callbacks
 from cloudpbx.runtime import Runtime
 
 DESCRIPTION = """\
@@ -48,4 +48,5 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     app.include_router(actions.router)
     app.include_router(health.router)
     app.include_router(ws.router)
+    app.include_router(sms_callbacks.router)
     return app

@@ -7,7 +7,9 @@ before reading the history is what makes resume lossless and duplicate-free.
 
 A client that falls `ws_buffer_size` messages behind is closed with code 4008 and a reason
 naming the last id it was sent; it reconnects with `last_event_id` and loses nothing that
-is still in the history.
+is still in the history. The close frame queues behind what the client has not read yet
+and waits up to `ws_ping_timeout` for it to drain. A `last_event_id` beyond the newest id
+is taken as the newest. When the server stops, clients are closed with 1012.
 """
 
 from __future__ import annotations
@@ -135,11 +137,9 @@ async def _stream(
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(
-                asyncio.CancelledError, WebSocketDisconnect, SubscriberOverflow
-            ):
-                await task
+        # Collects every outcome (also the cancellations) without raising; our own
+        # cancellation, should it come now, still propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)
     if receiver in done:
         return  # the client left (or closed); uvicorn has answered its close
     sender_error = sender.exception() if sender in done else None

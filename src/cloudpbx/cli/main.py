@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloudpbx.cli.client import app as client_app
 from cloudpbx.cli.lab import app as lab_app
 from cloudpbx.domain.errors import ApiError
 from cloudpbx.runtime import build_runtime
@@ -27,6 +28,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(pbx_app, name="pbx")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
+app.add_typer(client_app, name="client", help="Talk to a CloudPBX API server (any, not just ours).")
 app.add_typer(lab_app, name="lab", help="A real Asterisk lab on 127.0.0.1 (root, Debian).")
 
 console = Console(soft_wrap=True)

@@ -104,6 +104,11 @@ def raise_for_status(response: httpx.Response) -> None:
     )
 
 
+def transient(exc: httpx.TransportError) -> bool:
+    """Whether trying again could help (not for a URL without http:// or https://)."""
+    return not isinstance(exc, httpx.UnsupportedProtocol)
+
+
 def transport_error(exc: httpx.HTTPError) -> TransportError | ProtocolError:
     """httpx's exceptions, translated: no answer → TransportError, a bad one → ProtocolError."""
     try:

@@ -19,7 +19,7 @@ from cloudpbx import __version__
 from cloudpbx.client import _calls
 from cloudpbx.client._backoff import RetryPolicy
 from cloudpbx.client._calls import Call, RangeCursor, raise_for_status
-from cloudpbx.client._download import DownloadTarget, Next
+from cloudpbx.client._download import DownloadRetry, DownloadTarget, Next
 from cloudpbx.client._models import (
     CdrRow,
     DialResult,
@@ -40,33 +40,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DEFAULT_RETRY = RetryPolicy()
 EVENTS_RECONNECT = RetryPolicy(attempts=None, initial=0.5, maximum=30.0)
 USER_AGENT = f"cloudpbx-client/{__version__}"
-
-
-class _DownloadRetry:
-    """Retries of a download: a 5xx answer or a broken transfer waits and tries again; the
-    budget starts over whenever bytes arrived since the last failure."""
-
-    def __init__(self, policy: RetryPolicy, target: DownloadTarget) -> None:
-        self._policy = policy
-        self._target = target
-        self._delays = policy.delays()
-        self._offset = target.offset
-
-    def _next(self) -> float | None:
-        if self._target.offset > self._offset:
-            self._delays = self._policy.delays()
-            self._offset = self._target.offset
-        return next(self._delays, None)
-
-    def after_status(self, status: int) -> float | None:
-        """The wait before retrying an answer with `status`; None: use this answer."""
-        return self._next() if status >= 500 else None
-
-    def after_error(self, exc: httpx.TransportError) -> float:
-        delay = self._next()
-        if delay is None:
-            raise _calls.transport_error(exc) from exc
-        return delay
 
 
 class _Base:
@@ -155,7 +128,7 @@ class Client(_Base):
                     call.method, call.path, params=call.params, data=call.data
                 )
             except httpx.TransportError as exc:
-                delay = next(delays, None)
+                delay = next(delays, None) if _calls.transient(exc) else None
                 if delay is None:
                     raise _calls.transport_error(exc) from exc
                 time.sleep(delay)
@@ -249,7 +222,7 @@ class Client(_Base):
         """
         path = _calls.recording_path(uniqueid)
         target = DownloadTarget(destination, uniqueid, resume=resume, progress=progress)
-        retry = _DownloadRetry(self.retry, target)
+        retry = DownloadRetry(self.retry, target)
         try:
             while True:
                 try:
@@ -354,7 +327,7 @@ class AsyncClient(_Base):
                     call.method, call.path, params=call.params, data=call.data
                 )
             except httpx.TransportError as exc:
-                delay = next(delays, None)
+                delay = next(delays, None) if _calls.transient(exc) else None
                 if delay is None:
                     raise _calls.transport_error(exc) from exc
                 await asyncio.sleep(delay)
@@ -423,7 +396,7 @@ class AsyncClient(_Base):
         of network-sized chunks."""
         path = _calls.recording_path(uniqueid)
         target = DownloadTarget(destination, uniqueid, resume=resume, progress=progress)
-        retry = _DownloadRetry(self.retry, target)
+        retry = DownloadRetry(self.retry, target)
         try:
             while True:
                 try:

@@ -18,6 +18,8 @@ from typing import BinaryIO
 
 import httpx
 
+from cloudpbx.client._backoff import RetryPolicy
+from cloudpbx.client._calls import transient, transport_error
 from cloudpbx.client._exceptions import ProtocolError
 from cloudpbx.client._types import Destination, ProgressCallback
 
@@ -191,3 +193,30 @@ class DownloadTarget:
         if self.part is not None and self._stream is not None:
             with contextlib.suppress(OSError):
                 self._stream.close()
+
+
+class DownloadRetry:
+    """Retries of a download: a 5xx answer or a broken transfer waits and tries again; the
+    budget starts over whenever bytes arrived since the last failure."""
+
+    def __init__(self, policy: RetryPolicy, target: DownloadTarget) -> None:
+        self._policy = policy
+        self._target = target
+        self._delays = policy.delays()
+        self._offset = target.offset
+
+    def _next(self) -> float | None:
+        if self._target.offset > self._offset:
+            self._delays = self._policy.delays()
+            self._offset = self._target.offset
+        return next(self._delays, None)
+
+    def after_status(self, status: int) -> float | None:
+        """The wait before retrying an answer with `status`; None: use this answer."""
+        return self._next() if status >= 500 else None
+
+    def after_error(self, exc: httpx.TransportError) -> float:
+        delay = self._next() if transient(exc) else None
+        if delay is None:
+            raise transport_error(exc) from exc
+        return delay

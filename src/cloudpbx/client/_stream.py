@@ -85,6 +85,7 @@ class StreamCore:
         self._delays = reconnect.delays()
         self._on_gap = on_gap or _log_gap
         self._connected_at = 0.0
+        self._healthy = False
         self.last_event_id = last_event_id
         self.connects = 0
 
@@ -116,7 +117,7 @@ class StreamCore:
         except ProtocolError as exc:
             log.warning("ignored a WebSocket message: %s", exc.message)
             return []
-        self._delays = self._policy.delays()  # the server works: start backing off anew
+        self._healthy = True  # the server works: the next failure starts the backoff anew
         if self.last_event_id is not None and message.id <= self.last_event_id:
             return []
         self.last_event_id = message.id
@@ -146,8 +147,10 @@ class StreamCore:
             reason = f"{type(exc).__name__}: {exc}"
         else:
             raise exc
-        if self._connected_at and time.monotonic() - self._connected_at >= STABLE_AFTER:
+        stable = self._connected_at and time.monotonic() - self._connected_at >= STABLE_AFTER
+        if self._healthy or stable:
             self._delays = self._policy.delays()
+        self._healthy = False
         self._connected_at = 0.0
         delay = next(self._delays, None)
         if delay is None:
@@ -238,6 +241,7 @@ class EventStream(Iterator[EventItem]):
         ws = self._ws
         if ws is not None:
             ws.close()
+        self._connection.close()
 
     def __enter__(self) -> EventStream:
         if self._ws is None:

@@ -6,7 +6,14 @@ event); a crash skips the rest of the block, a clean shutdown gives it back.
 
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
 database at first use) for instant resume; every message is also written to the `event`
-table in small batches, off the publishing path, and older rows are pruned.
+table in small batches, off the publishing path, and older rows are pruned. A failing
+write is retried with back-off, one transaction per PBX, and given up after
+`MAX_ATTEMPTS` (the messages stay in memory). close() waits for a write in flight, writes
+what is left and gives unused ids back.
+
+After an unclean stop the ids between the newest stored message and the end of the
+reserved block may have reached clients without being stored: a resume from before that
+point is answered as partial rather than vouched for.
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ from cloudpbx.storage.tenants import Tenant, TenantStore
 
 log = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 5
+"""Consecutive failed writes of the same pending messages before they are dropped."""
+MAX_BACKOFF = 5.0
+"""Longest pause, in seconds, between retries of a failing write."""
+
 
 @dataclass(slots=True)
 class _Channel:
@@ -35,14 +47,23 @@ class _Channel:
     next_id: int = 0
     reserved_up_to: int = -1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    uncertain_up_to: int = 0
+    """Ids up to this one may have been sent without reaching the database (a process that
+    stopped uncleanly, or writes that were given up): resuming from before it cannot be
+    vouched for, so such a resume is answered as partial."""
 
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Messages after a client's last id; `complete` is False when some were pruned."""
+    """Messages after a client's last id; `complete` is False when some were pruned.
+
+    `newest` is the id of the newest message published so far (0 when none): a client
+    claiming a later id than that has seen nothing the server knows of.
+    """
 
     messages: list[WireMessage]
     complete: bool
+    newest: int = 0
 
 
 class EventHub:
@@ -67,7 +88,10 @@ class EventHub:
         self._channels: dict[int, _Channel] = {}
         self._pending: list[tuple[int, WireMessage]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._closing = asyncio.Event()
         self._flushed_since_prune = 0
+        self._failed_attempts = 0
 
     @property
     def bus(self) -> EventBus:
@@ -80,7 +104,24 @@ class EventHub:
                 await self._store.latest(tenant.id, self._history_size),
                 maxlen=self._history_size,
             )
-            channel = self._channels.setdefault(tenant.id, _Channel(tenant, history))
+            # After a clean stop every id handed out was persisted and the unused ones were
+            # given back, so the reservation ends at the newest stored id. Beyond it, ids
+            # may have gone out to clients and been lost with the process.
+            reserved = await self._store.reserved_up_to(tenant.id)
+            newest = history[-1].id if history else 0
+            uncertain = reserved if reserved > newest else 0
+            if uncertain:
+                log.warning(
+                    "PBX %s: ids %d-%d may have been sent but not stored (unclean stop); "
+                    "resuming from before %d is answered as partial",
+                    tenant.name,
+                    newest + 1,
+                    reserved,
+                    reserved,
+                )
+            channel = self._channels.setdefault(
+                tenant.id, _Channel(tenant, history, uncertain_up_to=uncertain)
+            )
         return channel
 
     async def publish(self, tenant: Tenant, events: Sequence[Event]) -> list[WireMessage]:
@@ -91,33 +132,39 @@ class EventHub:
         channel = await self._channel(tenant)
         name = channel_name(tenant.name)
         messages: list[WireMessage] = []
-        async with channel.lock:
-            for text in texts:
-                if channel.next_id > channel.reserved_up_to:
-                    first = await self._tenants.reserve_event_ids(tenant.id, self._id_block)
-                    channel.next_id = first
-                    channel.reserved_up_to = first + self._id_block - 1
-                message_id = channel.next_id
-                channel.next_id += 1
-                data = orjson.dumps({"id": message_id, "channel": name, "text": text}).decode()
-                message = WireMessage(message_id, data)
-                channel.history.append(message)
-                self._pending.append((tenant.id, message))
-                messages.append(message)
-                await self._bus.publish(name, message)
-        self._schedule_flush()
+        try:
+            async with channel.lock:
+                for text in texts:
+                    if channel.next_id > channel.reserved_up_to:
+                        first = await self._tenants.reserve_event_ids(tenant.id, self._id_block)
+                        channel.next_id = first
+                        channel.reserved_up_to = first + self._id_block - 1
+                    message_id = channel.next_id
+                    channel.next_id += 1
+                    text_json = {"id": message_id, "channel": name, "text": text}
+                    message = WireMessage(message_id, orjson.dumps(text_json).decode())
+                    channel.history.append(message)
+                    self._pending.append((tenant.id, message))
+                    messages.append(message)
+                    await self._bus.publish(name, message)
+        finally:
+            # Also when a reservation failed half-way: what did go out gets persisted.
+            if messages:
+                self._schedule_flush()
         return messages
 
     async def replay_after(self, tenant: Tenant, last_id: int) -> Replay:
         """Every kept message with id > last_id, oldest first."""
         channel = await self._channel(tenant)
         history = channel.history
-        if not history or last_id >= history[-1].id:
-            return Replay([], True)
+        vouched = last_id >= channel.uncertain_up_to
+        newest = history[-1].id if history else 0
+        if last_id >= newest:
+            return Replay([], vouched, newest)
         messages = [m for m in history if m.id > last_id]
         # A history that never filled up was never pruned, whatever gaps its ids have.
-        complete = history[0].id <= last_id + 1 or len(history) < self._history_size
-        return Replay(messages, complete)
+        kept = history[0].id <= last_id + 1 or len(history) < self._history_size
+        return Replay(messages, kept and vouched, newest)
 
     async def last_id(self, tenant: Tenant) -> int:
         channel = await self._channel(tenant)
@@ -125,39 +172,107 @@ class EventHub:
 
     def _schedule_flush(self) -> None:
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_later())
+            self._flusher = asyncio.create_task(self._flush_soon(), name="event-hub-flush")
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._flush_interval)
-        await self.flush()
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, but not once close() has begun (it wakes a sleeping flusher)."""
+        if not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
 
-    async def flush(self) -> None:
-        """Write pending messages to the database and prune what fell out of history."""
+    async def _flush_soon(self) -> None:
+        """The write-behind loop: runs while something is pending, backs off on failures."""
+        delay = self._flush_interval
         while self._pending:
-            batch, self._pending = self._pending, []
+            await self._nap(delay)
             try:
-                await self._store.append(batch)
+                written = await self.flush()
+            except Exception:  # pragma: no cover - flush logs and keeps its own errors
+                log.exception("flushing WebSocket history failed")
+                written = False
+            delay = self._flush_interval if written else min(max(delay * 2, 0.1), MAX_BACKOFF)
+
+    async def flush(self) -> bool:
+        """Write pending messages to the database and prune what fell out of history.
+
+        Returns False when some writes failed; they stay pending (in order) and are retried
+        by the next flush, at most `MAX_ATTEMPTS` times in a row before they are dropped
+        from the persisted history (they stay in the in-memory history regardless).
+        """
+        async with self._flush_lock:
+            written = await self._write_pending()
+            if written:
+                await self._prune_if_due()
+            return written
+
+    async def _write_pending(self) -> bool:
+        if not self._pending:
+            return True
+        batch, self._pending = self._pending, []
+        groups: dict[int, list[tuple[int, WireMessage]]] = {}
+        for item in batch:
+            groups.setdefault(item[0], []).append(item)
+        failed: list[tuple[int, WireMessage]] = []
+        # One transaction per PBX: a PBX deleted meanwhile fails alone.
+        for pbx_id, group in groups.items():
+            try:
+                await self._store.append(group)
             except Exception:
-                log.exception("could not persist %d WebSocket messages; retrying", len(batch))
-                self._pending[:0] = batch
-                await asyncio.sleep(1.0)
-                continue
-            self._flushed_since_prune += len(batch)
-        if self._flushed_since_prune >= max(1, self._history_size // 10):
-            self._flushed_since_prune = 0
-            for channel in self._channels.values():
-                if channel.history and len(channel.history) == self._history_size:
-                    await self._store.prune(channel.tenant.id, channel.history[0].id - 1)
+                log.exception(
+                    "could not persist %d WebSocket messages of PBX %d", len(group), pbx_id
+                )
+                failed.extend(group)
+            else:
+                self._flushed_since_prune += len(group)
+        if not failed:
+            self._failed_attempts = 0
+            return True
+        self._failed_attempts += 1
+        if self._failed_attempts >= MAX_ATTEMPTS:
+            log.error(
+                "dropping %d WebSocket messages from the persisted history after %d failed "
+                "attempts (they stay in memory)",
+                len(failed),
+                self._failed_attempts,
+            )
+            self._failed_attempts = 0
+        else:
+            self._pending[:0] = failed
+        return False
+
+    async def _prune_if_due(self) -> None:
+        if self._flushed_since_prune < max(1, self._history_size // 10):
+            return
+        self._flushed_since_prune = 0
+        # A copy: a channel may be added while a prune awaits the database.
+        for channel in list(self._channels.values()):
+            history = channel.history
+            if history and len(history) == self._history_size:
+                try:
+                    await self._store.prune(channel.tenant.id, history[0].id - 1)
+                except Exception:
+                    log.exception(
+                        "could not prune the WebSocket history of PBX %d", channel.tenant.id
+                    )
 
     async def close(self) -> None:
-        """Flush everything and give unused reserved ids back (no gap after a clean stop)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        await self.flush()
-        for channel in self._channels.values():
-            if channel.reserved_up_to >= channel.next_id:
-                await self._tenants.release_event_ids(
-                    channel.tenant.id, channel.reserved_up_to, channel.next_id - 1
-                )
+        """Flush everything and give unused reserved ids back (no gap after a clean stop).
+
+        The flusher is woken, not cancelled: cancelling it in the middle of a write would
+        lose the batch it holds.
+        """
+        self._closing.set()
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            with contextlib.suppress(Exception):
+                await flusher
+        while self._pending and not await self.flush():
+            pass  # bounded: after MAX_ATTEMPTS failures the rest is dropped
+        for channel in list(self._channels.values()):
+            async with channel.lock:
+                if channel.reserved_up_to >= channel.next_id:
+                    await self._tenants.release_event_ids(
+                        channel.tenant.id, channel.reserved_up_to, channel.next_id - 1
+                    )
+                    # Released ids are no longer ours: a late publish reserves anew.
+                    channel.reserved_up_to = channel.next_id - 1

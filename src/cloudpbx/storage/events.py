@@ -8,7 +8,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.ports.bus import WireMessage
-from cloudpbx.storage.tables import event
+from cloudpbx.storage.tables import event, pbx
 from cloudpbx.storage.tenants import utcnow
 
 
@@ -38,6 +38,13 @@ class EventStore:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [WireMessage(int(r.id), str(r.data)) for r in reversed(rows)]
+
+    async def reserved_up_to(self, pbx_id: int) -> int:
+        """The highest event id ever handed out for the PBX (its reserved blocks' end)."""
+        query = select(pbx.c.event_id_reserved).where(pbx.c.id == pbx_id)
+        async with self._engine.connect() as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
+        return int(value or 0)
 
     async def prune(self, pbx_id: int, keep_after_id: int) -> int:
         """Drop messages with id ≤ keep_after_id; returns how many went."""

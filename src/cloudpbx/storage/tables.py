@@ -161,3 +161,28 @@ event = Table(
     Column("data", Text, nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
+
+# One row per recorded call that needs a transcription (docs/transcription.md): the durable
+# queue of the transcription workers. `status`: queued → running → done | failed | skipped.
+# A claim sets `claim` (a token of that attempt) and `locked_until` (the lease, extended by
+# heartbeats); a running row whose lease ran out is claimed again by another worker.
+transcription_job = Table(
+    "transcription_job",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("uniqueid", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("rerun", Boolean, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("available_at", DateTime, nullable=False),
+    Column("locked_until", DateTime, nullable=True),
+    Column("claim", String(32), nullable=True),
+    Column("worker", String(64), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True),
+    UniqueConstraint("pbx_id", "uniqueid"),
+    Index("ix_transcription_job_status_available", "status", "available_at"),
+)

@@ -144,26 +144,28 @@ class AmiSession:
         host: str,
         port: int,
         *,
-        timeout: float = 5.0,
+        wait: float = 5.0,
         on_messages: MessagesHandler | None = None,
         name: str = "ami",
     ) -> AmiSession:
-        """Connect and wait for the `Asterisk Call Manager/...` banner, within `timeout`."""
+        """Connect and wait for the `Asterisk Call Manager/...` banner, `wait` seconds at most."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
-            raise AmiConnectionError(f"{host}:{port}: no TCP connection within {timeout:g} s")
+            raise AmiConnectionError(
+                f"{host}:{port}: no TCP connection within {wait:g} s"
+            ) from None
         except OSError as exc:
             raise AmiConnectionError(f"{host}:{port}: {exc.strerror or exc}") from exc
         session = cls(reader, writer, on_messages=on_messages, name=name)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 await asyncio.shield(session._banner)
         except TimeoutError:
             await session.abort()
             raise AmiConnectionError(
-                f"{host}:{port}: no AMI banner within {timeout:g} s (not an AMI port?)"
+                f"{host}:{port}: no AMI banner within {wait:g} s (not an AMI port?)"
             ) from None
         except AmiConnectionError:
             await session.abort()
@@ -188,12 +190,12 @@ class AmiSession:
         return f"{self._prefix}-{next(self._ids)}"
 
     async def login(
-        self, username: str, secret: str, *, events: str = "on", timeout: float = 5.0
+        self, username: str, secret: str, *, events: str = "on", wait: float = 5.0
     ) -> AmiMessage:
         """`Action: Login` with `Events` (a class filter such as `system,call,agent,cdr`)."""
         try:
             return await self.action(
-                "Login", {"Username": username, "Secret": secret, "Events": events}, timeout=timeout
+                "Login", {"Username": username, "Secret": secret, "Events": events}, wait=wait
             )
         except AmiActionError as exc:
             raise AmiAuthError(
@@ -205,13 +207,13 @@ class AmiSession:
         action: str,
         headers: Headers = (),
         *,
-        timeout: float = 5.0,
+        wait: float = 5.0,
         action_id: str | None = None,
         check: bool = True,
     ) -> AmiMessage:
         """Send an action, return its response; `AmiActionError` on `Response: Error`
-        (unless `check=False`), `AmiTimeout` after `timeout` seconds."""
-        result = await self._send(action, headers, timeout, action_id, is_list=False)
+        (unless `check=False`), `AmiTimeout` when no answer came within `wait` seconds."""
+        result = await self._send(action, headers, wait, action_id, is_list=False)
         assert isinstance(result, AmiMessage)
         if check and result.response == "Error":
             raise AmiActionError(action, result)
@@ -222,39 +224,38 @@ class AmiSession:
         action: str,
         headers: Headers = (),
         *,
-        timeout: float = 10.0,
+        wait: float = 10.0,
         action_id: str | None = None,
     ) -> ListResult:
         """A list action: the response, the events carrying its ActionID, up to the one
         with `EventList: Complete`. `Response: Error` raises `AmiActionError` (for example
         `ConfbridgeListRooms` with no conference: `No active conferences.`)."""
-        result = await self._send(action, headers, timeout, action_id, is_list=True)
+        result = await self._send(action, headers, wait, action_id, is_list=True)
         assert isinstance(result, ListResult)
         return result
 
-    async def ping(self, *, timeout: float = 5.0) -> None:
-        await self.action("Ping", timeout=timeout)
+    async def ping(self, *, wait: float = 5.0) -> None:
+        await self.action("Ping", wait=wait)
 
     async def _send(
-        self, action: str, headers: Headers, timeout: float, action_id: str | None, *, is_list: bool
+        self, action: str, headers: Headers, wait: float, action_id: str | None, *, is_list: bool
     ) -> AmiMessage | ListResult:
         if self.closed:
             raise AmiConnectionError(f"{action}: the AMI connection is closed")
         action_id = action_id or self.next_action_id()
         data = serialize_action(action, headers, action_id=action_id)
-        future: asyncio.Future[AmiMessage | ListResult] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AmiMessage | ListResult] = loop.create_future()
         if action_id in self._pending:
             raise ValueError(f"ActionID {action_id!r} is already in use")
         self._pending[action_id] = _Pending(action, future, is_list)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 self._writer.write(data)
                 await self._writer.drain()
                 return await future
         except TimeoutError:
-            raise AmiTimeout(f"{action}: no answer within {timeout:g} s") from None
+            raise AmiTimeout(f"{action}: no answer within {wait:g} s") from None
         except (ConnectionError, OSError) as exc:
             raise AmiConnectionError(f"{action}: {exc}") from exc
         finally:
@@ -262,23 +263,23 @@ class AmiSession:
 
     # -- closing -----------------------------------------------------------------------------
 
-    async def close(self, *, timeout: float = 2.0) -> None:
-        """`Logoff` (waiting up to `timeout` for the Goodbye), then close the socket."""
+    async def close(self, *, wait: float = 2.0) -> None:
+        """`Logoff` (waiting up to `wait` seconds for the Goodbye), then close the socket."""
         if not self.closed:
             with contextlib.suppress(AmiError, ValueError):
-                await self.action("Logoff", timeout=timeout, check=False)
-        await self._shutdown("closed by us", timeout=timeout)
+                await self.action("Logoff", wait=wait, check=False)
+        await self._shutdown("closed by us", wait=wait)
 
     async def abort(self) -> None:
         """Drop the connection without a word (a silent or broken peer)."""
         self._writer.transport.abort()
-        await self._shutdown("aborted by us", timeout=0.5)
+        await self._shutdown("aborted by us", wait=0.5)
 
-    async def _shutdown(self, reason: str, *, timeout: float) -> None:
+    async def _shutdown(self, reason: str, *, wait: float) -> None:
         self._finish(reason)
         self._writer.close()
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 await self._writer.wait_closed()
         if not self._reader_task.done():
             self._reader_task.cancel()
@@ -319,6 +320,7 @@ class AmiSession:
             raise
         finally:
             self._finish(reason)
+            self._writer.close()
 
     def _dispatch(self, messages: list[AmiMessage]) -> None:
         events: list[AmiMessage] = []
@@ -447,22 +449,23 @@ class AmiConnection:
             self._supervise(), name=f"{self.name}-supervisor"
         )
 
-    async def wait_connected(self, timeout: float) -> bool:
-        """Until the first resync is done (True) or `timeout` passes (False)."""
+    async def wait_connected(self, wait: float) -> bool:
+        """Until the first resync is done (True) or `wait` seconds passed (False)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 await self._ready.wait()
         except TimeoutError:
             return False
         return True
 
-    async def stop(self, *, timeout: float = 3.0) -> None:
-        """Log off, close, and wait for every task; idempotent."""
+    async def stop(self, *, wait: float = 2.0) -> None:
+        """Log off (waiting `wait` s at most for the Goodbye), close, and wait for every
+        task; idempotent."""
         self._stopping.set()
         task, self._task = self._task, None
         session = self.session
         if session is not None and not session.closed:
-            await session.close(timeout=min(timeout, 2.0))
+            await session.close(wait=wait)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -470,15 +473,20 @@ class AmiConnection:
         self._set_state("stopped", None)
 
     async def action(
-        self, action: str, headers: Headers = (), *, timeout: float | None = None, **kw: Any
+        self,
+        action: str,
+        headers: Headers = (),
+        *,
+        wait: float | None = None,
+        action_id: str | None = None,
     ) -> AmiMessage:
-        """An action on the current session; `AmiConnectionError` when not connected."""
+        """An action on the current session (`wait`: default `action_timeout`);
+        `AmiConnectionError` when not connected."""
         session = self.session
         if session is None or session.closed or self.state != "connected":
             raise AmiConnectionError(f"{self.name} ({self.address}) is not connected: {self.error}")
-        return await session.action(
-            action, headers, timeout=self.options.action_timeout if timeout is None else timeout, **kw
-        )
+        limit = self.options.action_timeout if wait is None else wait
+        return await session.action(action, headers, wait=limit, action_id=action_id)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -491,7 +499,7 @@ class AmiConnection:
     def _backoff(self, attempt: int) -> float:
         opts = self.options
         delay = min(opts.reconnect_max, opts.reconnect_min * (2 ** min(attempt, 30)))
-        return delay * (1 - opts.jitter * self._rng.random())
+        return float(delay * (1 - opts.jitter * self._rng.random()))
 
     def _complain(self, error: str, level: int = logging.WARNING) -> None:
         """Log a failure once until it changes (a dead server is not a log line a second)."""
@@ -509,7 +517,7 @@ class AmiConnection:
                 session = await AmiSession.open(
                     self.host,
                     self.port,
-                    timeout=opts.connect_timeout,
+                    wait=opts.connect_timeout,
                     on_messages=self._on_messages,
                     name=self.name,
                 )
@@ -541,15 +549,17 @@ class AmiConnection:
         try:
             try:
                 await session.login(
-                    self.username, self._secret, events=opts.events, timeout=opts.action_timeout
+                    self.username, self._secret, events=opts.events, wait=opts.action_timeout
                 )
             except AmiAuthError as exc:
                 message = f"{exc} (user {self.username!r} on {self.address}: check the secret)"
                 self.failures += 1
                 self._set_state("auth_failed", message)
                 self._complain(message, logging.ERROR)
-                await session.close(timeout=1.0)
-                return opts.auth_retry if opts.auth_retry > 0 else self._give_up()
+                await session.close(wait=1.0)
+                if opts.auth_retry <= 0:
+                    self._stopping.set()  # give up: the state stays auth_failed
+                return opts.auth_retry
             except AmiError as exc:
                 self.failures += 1
                 self._set_state("disconnected", f"login: {exc}")
@@ -583,10 +593,6 @@ class AmiConnection:
                 except Exception:
                     log.exception("%s: the disconnect handler failed", self.name)
 
-    def _give_up(self) -> None:
-        self._stopping.set()
-        return None
-
     async def _watch(self, session: AmiSession) -> str:
         """Ping every `ping_interval`; a missing Pong drops the session. Returns why it ended."""
         opts = self.options
@@ -597,7 +603,7 @@ class AmiConnection:
                 if done:
                     return f"connection lost: {closed.result()}"
                 try:
-                    await session.ping(timeout=opts.ping_timeout)
+                    await session.ping(wait=opts.ping_timeout)
                 except AmiTimeout:
                     await session.abort()
                     return f"no answer to Ping within {opts.ping_timeout:g} s: peer is silent"

@@ -25,9 +25,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("outbox", sa.String(length=16), server_default="accepted", nullable=False)
         )
-        batch_op.add_column(
-            sa.Column("attempts", sa.Integer(), server_default="0", nullable=False)
-        )
+        batch_op.add_column(sa.Column("attempts", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("due_at", sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("last_error", sa.String(length=255), nullable=True))
         batch_op.create_index("ix_sms_due_at", ["due_at"], unique=False)

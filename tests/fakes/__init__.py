@@ -1,0 +1,1 @@
+"""Fakes of the outside services the tests cannot reach (SMSAPI)."""
