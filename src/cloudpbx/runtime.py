@@ -6,6 +6,7 @@ and the SMS gateways; `start()`/`stop()` bring them up and down in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -18,11 +19,19 @@ from cloudpbx.ports.sms import SmsGateway
 from cloudpbx.services.events import EventHub
 from cloudpbx.services.ingest import PbxIngest
 from cloudpbx.services.sms import OutboxPolicy, SmsService
+from cloudpbx.services.transcription import (
+    TranscriberFor,
+    TranscriptionQueue,
+    Worker,
+    WorkerPolicy,
+    worker_name,
+)
 from cloudpbx.settings import Settings
 from cloudpbx.storage import migrate
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.events import EventStore
+from cloudpbx.storage.jobs import JobStore
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
 
@@ -46,6 +55,43 @@ class Runtime:
     backends: list[PbxBackend] = field(default_factory=list)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
+    # Transcription jobs (docs/transcription.md): the queue the ingest feeds, each PBX's
+    # engine, and the workers run inside this process (`transcription_workers`).
+    transcription: TranscriptionQueue | None = None
+    transcribers: TranscriberFor | None = None
+    workers: list[Worker] = field(default_factory=list)
+    _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def transcription_worker(self, name: str | None = None) -> Worker:
+        """A worker on this runtime's database with the configured engines."""
+        if self.transcription is None or self.transcribers is None:
+            raise RuntimeError("transcription is not wired")
+        settings = self.settings
+        policy = WorkerPolicy(
+            lease=settings.transcription_lease,
+            max_attempts=settings.transcription_max_attempts,
+            retry_delay=settings.transcription_retry_delay,
+            retry_max=settings.transcription_retry_max,
+            poll_interval=settings.transcription_poll_interval,
+        )
+        return Worker(
+            self.transcription.jobs, self.transcribers, settings.recordings_dir, policy, name
+        )
+
+    async def _start_workers(self) -> None:
+        if self.transcription is None:
+            return
+        for index in range(self.settings.transcription_workers):
+            worker = self.transcription_worker(worker_name(f"api{index}"))
+            self.transcription.on_enqueue(worker.wake)
+            self.workers.append(worker)
+            self._worker_tasks.append(asyncio.create_task(worker.run()))
+
+    async def _stop_workers(self) -> None:
+        for task in self._worker_tasks:
+            task.cancel()
+        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        self._worker_tasks.clear()
 
     def backend_for(self, tenant: Tenant) -> PbxBackend | None:
         for backend in self.backends:
@@ -63,10 +109,12 @@ class Runtime:
         await self.sms.start()
         for backend in self.backends:
             await backend.start(self.ingest)
+        await self._start_workers()
 
     async def stop(self) -> None:
         for backend in self.backends:
             await backend.stop()
+        await self._stop_workers()
         await self.sms.stop()
         for gateway in self.sms_gateways.values():
             await gateway.stop()
@@ -109,7 +157,18 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
     runtime.sms_callbacks = signer
+    _wire_transcription(runtime)
     return runtime
+
+
+def _wire_transcription(runtime: Runtime) -> None:
+    """The job queue behind the ingest, and the engine of each PBX (built on first use)."""
+    from cloudpbx.adapters.transcription import EngineFactory
+
+    engines = EngineFactory(runtime.settings)
+    runtime.transcription = TranscriptionQueue(JobStore(runtime.engine), engines.enabled)
+    runtime.transcribers = engines
+    runtime.ingest.transcription_queue = runtime.transcription
 
 
 def _add_smsapi_gateways(

@@ -12,6 +12,7 @@ from pathlib import Path
 from cloudpbx.domain.events import Event
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.services.events import EventHub
+from cloudpbx.services.transcription import TranscriptionQueue
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.tenants import Tenant, TenantStore, validate_pbx_name
 
@@ -29,6 +30,8 @@ class PbxIngest:
         self._hub = hub
         self._recordings_root = recordings_root
         self._cache: dict[str, Tenant] = {}
+        # Set by the runtime: queues a transcription job for each new recording.
+        self.transcription_queue: TranscriptionQueue | None = None
 
     async def tenant(self, pbx: str) -> Tenant:
         tenant = self._cache.get(pbx)
@@ -48,11 +51,17 @@ class PbxIngest:
         await self._calls.add_cdrs(await self.tenant(pbx), records)
 
     async def recording(self, pbx: str, info: RecordingInfo) -> None:
-        if not await self._calls.add_recording(await self.tenant(pbx), info):
+        tenant = await self.tenant(pbx)
+        if not await self._calls.add_recording(tenant, info):
             log.info("recording of %s on %s already stored; kept the first", info.uniqueid, pbx)
+        elif self.transcription_queue is not None:
+            await self.transcription_queue.recording_stored(tenant, info)
 
     async def transcription(self, pbx: str, record: TranscriptionRecord) -> None:
-        await self._calls.add_transcription(await self.tenant(pbx), record)
+        tenant = await self.tenant(pbx)
+        await self._calls.add_transcription(tenant, record)
+        if self.transcription_queue is not None:
+            await self.transcription_queue.transcript_supplied(tenant, record.uniqueid)
 
     def recordings_dir(self, pbx: str) -> Path:
         folder = self._recordings_root / validate_pbx_name(pbx)

@@ -134,6 +134,7 @@ class SmsService:
         self._price_per_part = price_per_part
         self.policy = policy or OutboxPolicy()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def gateway_for(self, tenant: Tenant) -> SmsGateway:
         gateway = self._gateways.get(tenant.sms_gateway or "")
@@ -389,26 +390,34 @@ class SmsService:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sms-dispatcher")
+            self._stopping = asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._stopping), name="sms-dispatcher")
 
     async def stop(self) -> None:
+        """Let the current round finish (a status stored is also published), then stop;
+        a round stuck past its gateways' timeouts is cancelled (its messages are claimed
+        only until their lease runs out, so nothing is lost)."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.policy.submit_timeout * 4 + 5)
+        except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self) -> None:
-        while True:
+    async def _run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             try:
                 handled = await self.dispatch_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("SMS dispatcher round failed; trying again")
                 handled = 0
             if handled < self.policy.batch:
-                await asyncio.sleep(self.policy.dispatch_interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.policy.dispatch_interval)
 
     async def dispatch_once(self) -> int:
         """One round: take the messages that are due and handle them; returns how many."""

@@ -130,10 +130,10 @@ class JobStore:
             "updated_at": now,
             "finished_at": None,
         }
-        statement = self._insert(job).values(
+        insert = self._insert(job).values(
             pbx_id=pbx_id, uniqueid=uniqueid, created_at=now, **values
         )
-        statement = statement.on_conflict_do_update(
+        statement = insert.on_conflict_do_update(
             index_elements=["pbx_id", "uniqueid"], set_=values
         ).returning(job.c.id)
         async with self._engine.begin() as conn:
@@ -317,9 +317,7 @@ class JobStore:
                     set_={k: statement.excluded[k] for k in values if k != "pbx_id"},
                 )
             else:
-                statement = statement.on_conflict_do_nothing(
-                    index_elements=["pbx_id", "uniqueid"]
-                )
+                statement = statement.on_conflict_do_nothing(index_elements=["pbx_id", "uniqueid"])
             if (await conn.execute(statement)).rowcount == 1:
                 return DONE
             await conn.execute(
@@ -384,7 +382,9 @@ class JobStore:
         statement = (
             update(job)
             .where(job.c.id == job_id, job.c.claim == token, job.c.status == RUNNING)
-            .values(status=status, reason=reason, locked_until=None, updated_at=now, finished_at=now)
+            .values(
+                status=status, reason=reason, locked_until=None, updated_at=now, finished_at=now
+            )
         )
         return bool((await conn.execute(statement)).rowcount)
 
@@ -398,7 +398,7 @@ class JobStore:
         rows = await self._infos(job.c.pbx_id == pbx_id, job.c.uniqueid == uniqueid, limit=1)
         return rows[0] if rows else None
 
-    async def list(self, status: str | None = None, limit: int = 100) -> list[JobInfo]:
+    async def recent(self, status: str | None = None, limit: int = 100) -> list[JobInfo]:
         """Most recently changed first."""
         where = () if status is None else (job.c.status == status,)
         return await self._infos(*where, limit=limit)

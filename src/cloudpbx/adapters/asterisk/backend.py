@@ -156,6 +156,8 @@ class _Server:
         self._stale_participants: set[tuple[str, str]] = set()
         self._originates: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self._complain = _Complainer(self.name)
+        self.synced = asyncio.Event()
+        """Set once the first resync's state was published."""
         self.resyncs = 0
         self.last_resync: float | None = None
         self.cdrs_live = 0
@@ -232,16 +234,20 @@ class _Server:
     async def _dispatch(self) -> None:
         while True:
             cdrs: list[tuple[str, CdrRecord]] = []
+            resynced = False
             for item in await self._gather():
                 if isinstance(item, list):
                     for msg in item:
                         self._apply(msg, cdrs)
                 elif isinstance(item, _Resynced):
                     self._finish_resync(item)
+                    resynced = True
                 else:
                     await self._publish()
                     self._start_resync()
             await self._publish()
+            if resynced:
+                self.synced.set()
             for pbx, record in cdrs:
                 await self._deliver_cdr(pbx, record)
 
@@ -614,11 +620,13 @@ class AsteriskBackend:
     # -- beyond the port -------------------------------------------------------------------
 
     async def wait_connected(self, wait: float = 10.0) -> bool:
-        """Until every server finished its first resync (True), or `wait` seconds (False)."""
-        results = await asyncio.gather(
-            *(server.connection.wait_connected(wait) for server in self._servers)
-        )
-        return all(results)
+        """Until every server's first resync was published (True), or `wait` s (False)."""
+        try:
+            async with asyncio.timeout(wait):
+                await asyncio.gather(*(server.synced.wait() for server in self._servers))
+        except TimeoutError:
+            return False
+        return True
 
     def health(self) -> dict[str, Any]:
         """`{"status": "ok"|"degraded", "servers": [...]}`: ok when every server is

@@ -66,7 +66,8 @@ class Audio:
     def mono(self) -> Samples:
         if len(self.channels) == 1:
             return self.channels[0]
-        return np.mean(np.stack(self.channels), axis=0).astype(np.float32)
+        mixed: Samples = np.stack(self.channels).mean(axis=0, dtype=np.float32)
+        return mixed
 
 
 def read_audio(path: Path, fmt: str = "") -> Audio:
@@ -212,7 +213,9 @@ def resample(samples: Samples, rate: int, target: int = ENGINE_RATE) -> Samples:
     half = math.ceil(16 / cutoff)  # taps each side, in input samples
     taps = np.arange(-half + 1, half + 1)
     distance = (np.arange(phases) / phases)[:, None] - taps[None, :]
-    window = 0.42 + 0.5 * np.cos(np.pi * distance / half) + 0.08 * np.cos(2 * np.pi * distance / half)
+    window = (
+        0.42 + 0.5 * np.cos(np.pi * distance / half) + 0.08 * np.cos(2 * np.pi * distance / half)
+    )
     kernel = (cutoff * np.sinc(cutoff * distance) * window).astype(np.float32)
     count = int(len(samples) * target // rate)
     position = np.arange(count, dtype=np.int64) * down
@@ -279,3 +282,30 @@ def parties(audio: Audio) -> list[Samples | None]:
     if rms(left - right) < 0.05 * level:
         return [audio.mono()]
     return [channel if rms(channel) >= SILENCE_RMS else None for channel in (left, right)]
+
+
+def chunks(samples: Samples, rate: int, max_seconds: float) -> list[tuple[float, Samples]]:
+    """`samples` cut into pieces of at most `max_seconds`, each with its start time.
+
+    A cut goes at the quietest 20 ms within the last tenth of the piece, so that it
+    falls between words rather than through one.
+    """
+    limit = int(max_seconds * rate)
+    if len(samples) <= limit:
+        return [(0.0, samples)]
+    frame = max(1, rate // 50)
+    pieces: list[tuple[float, Samples]] = []
+    start = 0
+    while len(samples) - start > limit:
+        window_start = start + limit - limit // 10
+        window = samples[window_start : start + limit]
+        frames = len(window) // frame
+        if frames:
+            energy = np.square(window[: frames * frame].reshape(frames, frame)).sum(axis=1)
+            cut = window_start + int(np.argmin(energy)) * frame + frame // 2
+        else:
+            cut = start + limit
+        pieces.append((start / rate, samples[start:cut]))
+        start = cut
+    pieces.append((start / rate, samples[start:]))
+    return pieces

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cloudpbx.adapters.transcription.audio import ENGINE_RATE, Samples, parties, read_audio, resample
+from cloudpbx.adapters.transcription.audio import (
+    ENGINE_RATE,
+    Samples,
+    parties,
+    read_audio,
+    resample,
+)
 from cloudpbx.ports.transcription import Transcript
 
 
@@ -115,7 +121,9 @@ class Pipeline:
                 continue
             speaker = None
             if len(voices) > 1:
-                speaker = speakers[index] if index < len(speakers) and speakers[index] else "AB"[index]
+                speaker = (
+                    speakers[index] if index < len(speakers) and speakers[index] else "AB"[index]
+                )
             for segment in self.engine.recognize(resample(samples, decoded.rate, ENGINE_RATE)):
                 text = " ".join(segment.text.split())
                 if text:
