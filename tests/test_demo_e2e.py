@@ -128,3 +128,27 @@ async def test_demo_command_serves_a_week_of_history(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=15)
     assert "MyExampleKey1" in output
     assert f"ws://127.0.0.1:{port}/ws/pbx_MojaCentrala?pbxkey=MyExampleKey1" in output
+
+
+async def test_head_of_a_recording_gives_its_size_without_the_body(live) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    from cloudpbx.domain.records import RecordingInfo
+
+    server, tenants = live
+    tenant = await server.runtime.tenants.require(tenants.a_name)
+    folder = server.runtime.ingest.recordings_dir(tenants.a_name)
+    (folder / "1764312345.9.wav").write_bytes(b"RIFF" + bytes(96))
+    await server.runtime.calls.add_recording(
+        tenant,
+        RecordingInfo(
+            "1764312345.9", datetime.now(UTC), "101", "102", "wav", "1764312345.9.wav", 100
+        ),
+    )
+    async with server.client(tenants.a_key) as client:
+        head = await client.head("/record/1764312345.9")
+        missing = await client.head("/record/1764312345.8")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "100" and head.content == b""
+    assert head.headers["content-type"] == "audio/wav"
+    assert missing.status_code == 404

@@ -153,6 +153,7 @@ async def list_recordings(
     return page_response(await runtime.calls.recording_page(tenant, period, cap))
 
 
+@router.head("/record/{uniqueid:path}", include_in_schema=False)
 @router.get(
     "/record/{uniqueid:path}",
     tags=["calls"],
