@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="SECONDS",
         help="before each suite, wait up to this long for other load to drop "
-        "(default 60, quick 10)",
+        "(default 30, quick 10)",
     )
     parser.add_argument(
         "--profile",
@@ -113,7 +113,7 @@ async def main(args: argparse.Namespace) -> Report:
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.wait_quiet is None:
-        args.wait_quiet = 10.0 if args.quick else 60.0
+        args.wait_quiet = 10.0 if args.quick else 30.0
     raise_fd_limit()
     started = time.monotonic()
     mode = "quick" if args.quick else "full"

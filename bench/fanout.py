@@ -17,6 +17,7 @@ import contextlib
 import statistics
 from pathlib import Path
 
+from bench.common import wait_for_quiet
 from bench.report import Report, ms, rate, table
 from bench.seed import ws_database
 from bench.servers import Server, start_cloudpbx, start_raw_websockets
@@ -36,6 +37,8 @@ SATURATED_P99 = 1.0
 FULL_RATES = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 140.0]
 QUICK_RATES = [60.0]
 PROFILE_RATE = 60.0
+NOISY_CORES = 0.3
+"""A step that failed while other processes used more CPU than this is run once more."""
 
 
 def _median(values: list[float]) -> float:
@@ -43,7 +46,13 @@ def _median(values: list[float]) -> float:
 
 
 def qualifies(step: StepResult) -> bool:
-    return not step.saturated and step.p99 <= TARGET_P99
+    """Kept up: on schedule, nothing lost, p99 within target, deliveries at the offered rate
+    (95 %: the window from first publish to last receipt includes the last latency)."""
+    return (
+        not step.saturated
+        and step.p99 <= TARGET_P99
+        and step.delivered_per_s >= 0.95 * step.offered_per_s
+    )
 
 
 async def _connect(
@@ -110,27 +119,39 @@ async def run(
             except Exception as exc:
                 report.fail(suite, f"{kind} clients", f"{type(exc).__name__}: {exc}")
         active = [kind for kind in ("cloudpbx", "websockets") if kind in clients]
-        for index, per_second in enumerate(rates, start=2):
+        step_no = 1
+        for per_second in rates:
             for kind in list(active):
                 server = servers[kind]
                 count = max(1, round(per_second * seconds))
-                profiling = profile and kind == "cloudpbx" and per_second == PROFILE_RATE
-                if profiling:
-                    await server.control("POST", "/_bench/profile/start")
-                step = await run_step(server, clients[kind], index, per_second, count, drain=10)
-                if profiling:
-                    path = (Path(".bench-data") / "profile-fanout.txt").resolve()
-                    await server.control("POST", "/_bench/profile/stop", path=str(path))
-                    print(f"[fanout] cProfile of the server at {per_second:.0f} events/s: {path}")
+                for attempt in (1, 2):
+                    step_no += 1
+                    profiling = profile and kind == "cloudpbx" and per_second == PROFILE_RATE
+                    if profiling:
+                        await server.control("POST", "/_bench/profile/start")
+                    step = await run_step(
+                        server, clients[kind], step_no, per_second, count, drain=10
+                    )
+                    if profiling:
+                        path = (Path(".bench-data") / "profile-fanout.txt").resolve()
+                        await server.control("POST", "/_bench/profile/stop", path=str(path))
+                        print(f"[fanout] cProfile of the server at {per_second:.0f}/s: {path}")
+                    print(
+                        f"[fanout] {kind:10s} {per_second:4.0f} events/s x {step.connections}: "
+                        f"{rate(step.delivered_per_s):>10s} delivered, p50 {ms(step.p50)}, "
+                        f"p99 {ms(step.p99)}, lost {step.lost}, published {step.published}/"
+                        f"{step.count}; cores: server {step.server_cores:.2f}, "
+                        f"clients {step.client_cores:.2f}, other {step.other_cores:.2f}"
+                    )
+                    failed = step.saturated or step.p99 > SATURATED_P99
+                    if attempt == 1 and failed and step.other_cores > NOISY_CORES:
+                        # Other processes took the CPU: wait for quiet and try once more.
+                        print(f"[fanout] {kind}: noisy step, retrying once")
+                        await wait_for_quiet(30.0)
+                        continue
+                    break
                 results[kind].append(step)
-                print(
-                    f"[fanout] {kind:10s} {per_second:4.0f} events/s x {step.connections}: "
-                    f"{rate(step.delivered_per_s):>10s} delivered, p50 {ms(step.p50)}, "
-                    f"p99 {ms(step.p99)}, lost {step.lost}, published {step.published}/"
-                    f"{step.count}; cores: server {step.server_cores:.2f}, "
-                    f"clients {step.client_cores:.2f}, other {step.other_cores:.2f}"
-                )
-                if step.saturated or step.p99 > SATURATED_P99:
+                if failed:
                     active.remove(kind)
             if not active:
                 break
@@ -188,7 +209,7 @@ async def run(
             f"p50 / p99 at {at_target.offered_per_s:,.0f}/s offered",
             f"{ms(at_target.p50)} / {ms(at_target.p99)}",
             "p99 <= 100 ms",
-            at_target.p99 <= TARGET_P99 and not at_target.saturated,
+            qualifies(at_target),
             f"delivered {rate(at_target.delivered_per_s)}, published "
             f"{at_target.published}/{at_target.count}, lost {at_target.lost}",
         )

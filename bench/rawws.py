@@ -3,7 +3,8 @@
 It accepts any WebSocket connection and keeps it in a set; `POST /_bench/publish` (an
 HTTP request answered from `process_request`) sends `count` messages at `rate` per
 second with `websockets.broadcast`, each the same JSON shape and size as cloudpbx's
-messages (`{"id", "channel", "text": {"subscriber": {...}}}`), publish time included.
+messages (`{"id", "channel", "text": {"subscriber": {...}}}`), with the time each was
+scheduled for, as in bench/serve.py.
 `GET /_bench/stats` answers the connection count, pid and RSS. Prints
 `{"event": "ready", "port": ..., "pid": ...}` on stdout once it listens.
 """
@@ -59,7 +60,7 @@ async def publish(
                 "peer": peer,
                 "statusValue": 1,
                 "connectPeerNumber": str(step),
-                "connectPeerName": repr(time.time()),
+                "connectPeerName": repr(wall_start + index / rate),  # scheduled time
             }
         }
         data = orjson.dumps({"id": index + 1, "channel": channel, "text": text}).decode()

@@ -6,7 +6,8 @@ flight), prints `{"event": "ready", "ok": .., "failed": ..}` and then obeys JSON
 
 - `{"cmd": "step", "step": K, "expect": E, "deadline": S}`: count the messages of step K
   (`connectPeerNumber == str(K)`) until every open connection got E of them or S seconds
-  passed; latency of each = receive time - `connectPeerName` (the publish time). Writes
+  passed; latency of each = receive time - `connectPeerName` (when the server was to
+  publish it: a late publisher counts as latency, no coordinated omission). Writes
   the latencies (float64, seconds) to DIR/NAME-stepK.bin and prints a summary line.
 - `{"cmd": "expect", "step": K, "expect": E}`: the publisher sent only E (it gave up).
 - `{"cmd": "close"}`: close every connection (bounded), print `{"event": "closed"}`, exit.

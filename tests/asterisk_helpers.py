@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,21 @@ def config(*servers: dict[str, Any], **top: Any) -> AsteriskConfig:
 
 
 async def until(predicate: Callable[[], object], seconds: float = 3.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            await asyncio.sleep(0.01)
+    """Poll `predicate` until it holds; fail after `seconds`."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {seconds} s")
+
+
+async def until_async(predicate: Callable[[], Awaitable[object]], seconds: float = 5.0) -> None:
+    """Poll an async `predicate` (an HTTP call...) until it holds; fail after `seconds`."""
+    for _ in range(int(seconds / 0.05)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {seconds} s")
 
 
 def last_states(items: Iterable[Item]) -> dict[tuple[str, str], dict[str, Any]]:

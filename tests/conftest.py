@@ -14,6 +14,8 @@ import pytest
 from cloudpbx.runtime import Runtime
 from tests.live import LiveServer, make_settings, start_server
 
+pytest_plugins = ("tests.lab_fixtures",)  # the Asterisk lab, one per test session
+
 PG_ADMIN_DSN = os.environ.get("CLOUDPBX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

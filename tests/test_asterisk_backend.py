@@ -27,7 +27,7 @@ from tests.asterisk_helpers import (
     server,
     until,
 )
-from tests.fakes.ami_server import DATA, FakeAmi, FakeSession, renamed
+from tests.fakes.ami_server import DATA, FakeAmi, FakeSession
 from tests.test_ami_translate import EXPECTED
 
 
@@ -564,6 +564,22 @@ async def test_catch_up_starting_at_the_end(fake: FakeAmi, tmp_path: Path) -> No
         await running.backend.stop()
 
 
+async def test_catch_up_also_runs_while_connected(fake: FakeAmi, tmp_path: Path) -> None:
+    """A row AMI never delivered (a failed store, cdr_manager off) arrives without waiting
+    for a reconnect."""
+    master = tmp_path / "Master.csv"
+    master.write_text("")
+    cfg = config(server(fake.port, cdr_csv={"path": str(master), "interval": 0.1}))
+    running = await run(cfg, tmp_path)
+    try:
+        with master.open("a") as out:
+            out.write(csv_rows("queue"))
+        await until(lambda: len(running.sink.rows) == 1)
+        assert running.server.connection.connects == 1
+    finally:
+        await running.backend.stop()
+
+
 # -- recordings ------------------------------------------------------------------------------
 
 
@@ -572,9 +588,7 @@ async def test_finished_recordings_are_linked_and_reported(fake: FakeAmi, tmp_pa
     monitor.mkdir()
     (monitor / "1795838538.0.wav").write_bytes(b"RIFF" + bytes(996))
     (monitor / "1795838310.8.wav").write_bytes(b"RIFF" + bytes(40))  # header only
-    cfg = config(
-        server(fake.port, recordings={"dir": str(monitor), "settle": 0.05, "wait": 0.3})
-    )
+    cfg = config(server(fake.port, recordings={"dir": str(monitor), "settle": 0.05, "wait": 0.3}))
     running = await run(cfg, tmp_path)
     try:
         await fake.replay("originate_filtered")
@@ -584,7 +598,8 @@ async def test_finished_recordings_are_linked_and_reported(fake: FakeAmi, tmp_pa
         await until(lambda: not collector._tasks)
         (pbx, info), *others = running.sink.recordings
         assert pbx == PBX and not others
-        assert (info.uniqueid, info.src, info.dst, info.format) == ("1795838538.0", "102", "102", "wav")
+        assert (info.uniqueid, info.src, info.dst) == ("1795838538.0", "102", "102")
+        assert info.format == "wav"
         assert info.path == "1795838538.0.wav" and info.size == 1000
         placed = running.sink.recordings_dir(PBX) / info.path
         assert placed.read_bytes() == (monitor / "1795838538.0.wav").read_bytes()

@@ -7,9 +7,11 @@ silent peer found by Ping, reconnecting with backoff, clean shutdown.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from cloudpbx.adapters.asterisk.connection import (
     ConnectionOptions,
 )
 from cloudpbx.adapters.asterisk.framing import AmiMessage
+from tests.asterisk_helpers import until
 from tests.fakes.ami_server import FakeAmi
 
 FAST = ConnectionOptions(
@@ -46,21 +49,12 @@ async def fake() -> AsyncIterator[FakeAmi]:
         await server.close()
 
 
-def connection(fake: FakeAmi, **kwargs: object) -> AmiConnection:
-    options = kwargs.pop("options", FAST)
-    assert isinstance(options, ConnectionOptions)
-    secret = kwargs.pop("secret", "apisecret")
-    assert isinstance(secret, str)
+def connection(
+    fake: FakeAmi, *, secret: str = "apisecret", options: ConnectionOptions = FAST, **hooks: Any
+) -> AmiConnection:
     return AmiConnection(
-        "127.0.0.1", fake.port, "api", secret, name="test", options=options, **kwargs  # type: ignore[arg-type]
+        "127.0.0.1", fake.port, "api", secret, name="test", options=options, **hooks
     )
-
-
-async def until(predicate: object, seconds: float = 3.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 # -- one session --------------------------------------------------------------------------
@@ -109,7 +103,7 @@ async def test_action_timeout_leaves_the_session_usable(fake: FakeAmi) -> None:
     session = await AmiSession.open("127.0.0.1", fake.port)
     await session.login("api", "apisecret")
     started = asyncio.get_running_loop().time()
-    with pytest.raises(AmiTimeout, match="CoreStatus: no answer within 0.2 s"):
+    with pytest.raises(AmiTimeout, match=r"CoreStatus: no answer within 0\.2 s"):
         await session.action("CoreStatus", wait=0.2)
     assert asyncio.get_running_loop().time() - started < 1.0
     await session.ping(wait=1.0)  # still fine
@@ -123,7 +117,7 @@ async def test_not_an_ami_port_and_no_server() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    with pytest.raises(AmiConnectionError, match="no AMI banner within 0.2 s"):
+    with pytest.raises(AmiConnectionError, match=r"no AMI banner within 0\.2 s"):
         await AmiSession.open("127.0.0.1", port, wait=0.2)
     server.close()
     await server.wait_closed()
@@ -208,6 +202,18 @@ async def test_refused_login_can_be_final(fake: FakeAmi) -> None:
     await conn.stop()
 
 
+async def test_asterisk_shutting_down_is_no_auth_failure(fake: FakeAmi) -> None:
+    """Seen in the lab: during a restart, Login answers `Asterisk is shutting down`."""
+    fake.login_error = "Asterisk is shutting down"
+    conn = connection(fake)
+    conn.start()
+    await until(lambda: len(fake.logins) >= 3)  # backoff (0.05, 0.1 s), not auth_retry
+    assert conn.state != "auth_failed" and "shutting down" in (conn.error or "")
+    fake.login_error = None
+    await until(lambda: conn.state == "connected")
+    await conn.stop()
+
+
 async def test_silent_peer_is_detected_by_ping_and_replaced(fake: FakeAmi) -> None:
     disconnects: list[str] = []
     conn = connection(fake, on_disconnect=disconnects.append)
@@ -247,7 +253,7 @@ async def test_reconnects_with_backoff_while_asterisk_is_down(
         await until(lambda: len(attempts) >= 5, 3.0)
         assert conn.health()["state"] in ("disconnected", "connecting")
         assert "Connect call failed" in (conn.error or "") or "refused" in (conn.error or "")
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         # 0.05, 0.1, 0.2, 0.4, 0.4 (capped): doubling, never past reconnect_max.
         assert gaps[1] > gaps[0] * 1.5 and gaps[2] > gaps[1] * 1.5
         assert max(gaps) < 0.4 + 0.2

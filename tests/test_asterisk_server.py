@@ -17,8 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from cloudpbx.adapters.asterisk.config import ConfigError
 from cloudpbx.runtime import build_runtime
 from cloudpbx.server import attach_backends
-
-from tests.asterisk_helpers import PBX, until
+from tests.asterisk_helpers import PBX, until, until_async
 from tests.conftest import Tenants, create_tenants
 from tests.fakes.ami_server import DATA, FakeAmi
 from tests.live import LiveServer, make_settings, running
@@ -52,6 +51,9 @@ path = "{master}"
 name = "{PBX}"
 queues = ["Kolejka1"]
 conferences = ["SesjaRady"]
+
+[[servers.pbx]]
+name = "BrakCentrala"               # configured, not in the database
 
 [rating.prefixes]
 "48" = {{ zone = "Polska", per_minute = 20 }}
@@ -106,7 +108,10 @@ async def test_the_api_in_front_of_asterisk(tmp_path: Path) -> None:
     audio = wav_bytes()
     (monitor / "1795838538.0.wav").write_bytes(audio)
     master = tmp_path / "Master.csv"
-    master.write_text((DATA / "queue.cdr.csv").read_text())  # written while the API was down
+    master.write_text(  # written while the API was down
+        (DATA / "queue.cdr.csv").read_text()
+        + (DATA / "queue.cdr.csv").read_text().replace("MojaCentrala", "BrakCentrala")
+    )
     toml = write_toml(tmp_path / "asterisk.toml", fake.port, monitor, master)
     tenants = Tenants()
     settings = make_settings(tmp_path / "data", backend="asterisk", asterisk_config=toml)
@@ -152,10 +157,12 @@ async def test_the_api_in_front_of_asterisk(tmp_path: Path) -> None:
                 )
                 assert 32 in subscriber_states(got, "MojaCentrala-101")
                 rows: list[dict[str, Any]] = []
-                async with asyncio.timeout(5):
-                    while len(rows) < 2:
-                        rows = await cdr_rows(server, tenants.a_key)
-                        await asyncio.sleep(0.02)
+
+                async def two_rows() -> bool:
+                    rows[:] = await cdr_rows(server, tenants.a_key)
+                    return len(rows) >= 2
+
+                await until_async(two_rows)
                 by_id = {r["uniqueid"]: r for r in rows}
                 assert set(by_id) == {"1795838285.2", "1795838538.0"}  # imported + live
                 live = by_id["1795838538.0"]
@@ -163,9 +170,11 @@ async def test_the_api_in_front_of_asterisk(tmp_path: Path) -> None:
                 assert live["calldate"] == "2026-11-28 05:02:18"
                 assert (live["src"], live["dst"], live["disposition"]) == ("102", "102", "ANSWERED")
                 assert live["clid"] == '"Dial 102" <102>' and live["cost"] == ""
-                async with asyncio.timeout(5):
-                    while not (await client.get("/record", params=ALL_DAYS)).json():
-                        await asyncio.sleep(0.02)
+
+                async def recorded() -> object:
+                    return (await client.get("/record", params=ALL_DAYS)).json()
+
+                await until_async(recorded)
                 (listed,) = (await client.get("/record", params=ALL_DAYS)).json()
                 assert listed["uniqueid"] == "1795838538.0" and listed["format"] == "wav"
                 download = await client.get("/record/1795838538.0")
@@ -213,3 +222,31 @@ async def test_asterisk_backend_needs_its_config(tmp_path: Path) -> None:
             await attach_backends(runtime)
     finally:
         await runtime.engine.dispose()
+
+
+async def test_healthz_reports_the_backend_without_naming_tenants(tmp_path: Path) -> None:
+    fake = await FakeAmi().start()
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    toml = write_toml(tmp_path / "asterisk.toml", fake.port, monitor, tmp_path / "Master.csv")
+    tenants = Tenants()
+    settings = make_settings(tmp_path / "data", backend="asterisk", asterisk_config=toml)
+    try:
+        async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
+            backend: Any = server.runtime.backends[0]
+            assert await backend.wait_connected(3.0)
+            async with server.client() as client:
+                healthy = await client.get("/healthz")
+                assert healthy.status_code == 200
+                assert healthy.json()["status"] == "ok"
+                assert healthy.json()["backends"] == [{"backend": "asterisk", "status": "ok"}]
+                await fake.stop_listening()
+                await until(lambda: backend.health()["status"] != "ok", seconds=5)
+                degraded = await client.get("/healthz")
+            # Stored data is still served: degraded, not unavailable.
+            assert degraded.status_code == 200
+            assert degraded.json()["status"] == "degraded"
+            assert degraded.json()["backends"] == [{"backend": "asterisk", "status": "degraded"}]
+            assert PBX not in degraded.text and str(fake.port) not in degraded.text
+    finally:
+        await fake.close()

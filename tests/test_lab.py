@@ -20,9 +20,7 @@ from cloudpbx.lab.build import mounts_under
 from cloudpbx.lab.proc import chrooted_in, sockets_of
 from cloudpbx.lab.settings import PHONES, phone_ctrl_port, phone_sip_port
 from cloudpbx.lab.templates import asterisk_files, phone_files
-from tests.lab_fixtures import lab, lab_programs_running
-
-__all__ = ["lab"]  # the session fixture, used by name below
+from tests.lab_fixtures import lab_programs_running
 
 runner = CliRunner()
 

@@ -194,7 +194,12 @@ async def test_healthz(server: LiveServer, authorization: str | None) -> None:
         response = await client.get("/healthz", headers=headers)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"status": "ok", "version": __version__, "database": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "version": __version__,
+        "database": "ok",
+        "backends": [],
+    }
 
 
 async def test_redoc_is_not_served(server: LiveServer) -> None:

@@ -32,9 +32,19 @@ from tests.fakes.smsapi import STATUS_NUMBERS
 def test_status_codes_cover_the_contract_in_order() -> None:
     assert list(STATUS_CODES) == list(range(401, 413))
     assert [s.value for s in STATUS_CODES.values()] == [
-        "NOT_FOUND", "EXPIRED", "SENT", "DELIVERED", "UNDELIVERED", "FAILED",
-        "REJECTED", "UNKNOWN", "QUEUE", "ACCEPTED", "RENEWAL", "STOP",
-    ]  # fmt: skip
+        "NOT_FOUND",
+        "EXPIRED",
+        "SENT",
+        "DELIVERED",
+        "UNDELIVERED",
+        "FAILED",
+        "REJECTED",
+        "UNKNOWN",
+        "QUEUE",
+        "ACCEPTED",
+        "RENEWAL",
+        "STOP",
+    ]
     assert set(STATUS_CODES.values()) == set(SmsStatus)
     # The fake, written separately from SMSAPI's list, agrees.
     assert {code: status.value for code, status in STATUS_CODES.items()} == {

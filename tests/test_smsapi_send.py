@@ -169,6 +169,19 @@ async def statuses(server: LiveServer, pbx: str, response_id: str) -> list[str]:
     return [e["status"] for e in await sms_events(server, pbx) if e["MsgId"] == response_id]
 
 
+async def expect_statuses(
+    server: LiveServer, pbx: str, response_id: str, expected: list[str], seconds: float = 3.0
+) -> None:
+    """Wait for exactly these smsSendResponse statuses of a message. (A status can reach
+    the server by callback and by poll at once; the one that applies it publishes it a
+    moment after the other has already answered.)"""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (found := await statuses(server, pbx, response_id)) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"statuses {found}, expected {expected}")
+        await asyncio.sleep(0.02)
+
+
 async def stored(server: LiveServer, pbx: str, response_id: str) -> SmsMessage:
     tenant = await server.runtime.tenants.require(pbx)
     message = await server.runtime.sms_store.get(tenant, response_id)
@@ -285,7 +298,7 @@ async def test_test_mode_delivers_nothing_charges_nothing_and_still_reports(fres
     assert fake.delivered_to_phones() == []
     assert (await cdr_row(server, tenants.a_key, response_id))["cost"] == "0"
     await fake.report((fake.by_idx(response_id).id, "DELIVERED"))
-    assert await statuses(server, tenants.a_name, response_id) == ["DELIVERED"]
+    await expect_statuses(server, tenants.a_name, response_id, ["DELIVERED"])
 
 
 # -- refusals ----------------------------------------------------------------------------------
@@ -304,7 +317,7 @@ async def test_gateway_refusal_is_a_500_with_the_reason(fresh: Rig, code: int) -
     response_id = answer["responseId"]
     assert (await cdr_row(server, tenants.a_key, response_id))["cost"] == "0"
     assert (await stored(server, tenants.a_name, response_id)).status is SmsStatus.FAILED
-    assert await statuses(server, tenants.a_name, response_id) == ["FAILED"]
+    await expect_statuses(server, tenants.a_name, response_id, ["FAILED"])
     await asyncio.sleep(0.2)  # several dispatcher rounds: a refusal is never retried
     assert [s["idx"] for s in fake.sends()] == [response_id] and fake.messages == {}
     item = await outbox(server, tenants.a_name, response_id)
@@ -390,7 +403,7 @@ async def test_timeout_then_retry_with_the_same_idx_never_sends_twice(fresh: Rig
     assert item.gateway_id is None and item.attempts == 2  # error 53: id not known yet
 
     assert (await fake.report((sms.id, "DELIVERED"))).text == "OK"
-    assert await statuses(server, tenants.a_name, response_id) == ["DELIVERED"]
+    await expect_statuses(server, tenants.a_name, response_id, ["DELIVERED"])
     item = await outbox(server, tenants.a_name, response_id)
     assert item.gateway_id == sms.id and item.status is SmsStatus.DELIVERED
     await asyncio.sleep(0.2)
@@ -491,3 +504,28 @@ async def test_maybe_sent_past_the_deadline_waits_for_reports_then_unknown(
         await asyncio.sleep(0.2)
         assert len(fake.sends()) == sent  # no more submissions
         assert (await cdr_row(server, tenants.a_key, response_id))["cost"] != "0"
+
+
+async def test_refused_on_resubmission_after_a_lost_answer_waits_for_reports(
+    fresh: Rig,
+) -> None:
+    """The first answer was lost (the message went out); the resubmission is refused for
+    another reason (no credit left): FAILED could be a lie, so the message waits, and the
+    delivery report settles it."""
+    server, fake, tenants = fresh.server, fresh.fake, fresh.tenants
+    fake.script.extend([Step("slow", delay=1.5), Step("error", 103)])
+    response = await send_sms(server, tenants.a_key, to="600100200", body="kredyt")
+    assert response.status_code == 200 and response.json()["responseStatus"] == "QUEUE"
+    response_id = response.json()["responseId"]
+
+    async def refused_once() -> bool:
+        return len(fake.sends()) >= 2
+
+    await eventually(refused_once)
+    await asyncio.sleep(0.2)
+    item = await outbox(server, tenants.a_name, response_id)
+    assert item.outbox is Outbox.UNSURE and item.status is SmsStatus.QUEUE
+    assert len(fake.sends()) == 2  # not resubmitted again
+    assert await statuses(server, tenants.a_name, response_id) == []
+    await fake.report((fake.by_idx(response_id).id, "DELIVERED"))
+    await expect_statuses(server, tenants.a_name, response_id, ["DELIVERED"])

@@ -14,6 +14,7 @@ from cloudpbx.domain.errors import BadRequest, Conflict, NotFound
 from cloudpbx.domain.records import RecordingInfo, SmsMessage, TranscriptionRecord
 from cloudpbx.domain.states import SmsStatus
 from cloudpbx.ports.bus import WireMessage
+from cloudpbx.storage.jobs import JobStore
 from cloudpbx.storage.tables import api_key
 from cloudpbx.storage.tenants import KEY_PREFIX
 from tests.test_storage_support import (
@@ -152,6 +153,7 @@ async def test_remove_cascades_to_everything_the_pbx_owns(stores: Stores) -> Non
         )
         await stores.sms.apply_status(tenant, f"{tenant.id}000", SmsStatus.SENT)
         await stores.events.append([(tenant.id, WireMessage(1, '{"id":1}'))])
+        await JobStore(stores.engine).enqueue(tenant.id, "1.1")
     doomed_key = await stores.tenants.create_key(doomed.name, "second")
 
     before = await rows_of_pbx(stores.engine, doomed.id)

@@ -92,6 +92,9 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
         self._worker_tasks.clear()
+        close = getattr(self.transcribers, "close", None)
+        if close is not None:
+            close()
 
     def backend_for(self, tenant: Tenant) -> PbxBackend | None:
         for backend in self.backends:

@@ -142,6 +142,8 @@ class FakeAmi:
     ignore: set[str] = field(default_factory=set)
     """Actions never answered."""
     on_originate: OriginateHandler | None = None
+    login_error: str | None = None
+    """Refuse every Login with this message (`Asterisk is shutting down`)."""
     port: int = 0
     actions: list[AmiMessage] = field(default_factory=list)
     logins: list[tuple[str, bool]] = field(default_factory=list)
@@ -344,11 +346,11 @@ class FakeAmi:
     async def _login(self, session: FakeSession, action: AmiMessage) -> None:
         events = action.value("Events") or "on"
         ok = action.value("Username") == self.username and action.value("Secret") == self.secret
+        ok = ok and self.login_error is None
         self.logins.append((events, ok))
         if not ok:
-            await session.reply(
-                action, [("Response", "Error"), ("Message", "Authentication failed")]
-            )
+            message = self.login_error or "Authentication failed"
+            await session.reply(action, [("Response", "Error"), ("Message", message)])
             session.abort()  # Asterisk ends the session after a refused login
             return
         session.events = events

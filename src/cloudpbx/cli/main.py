@@ -15,10 +15,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloudpbx.cli.asterisk import app as asterisk_app
 from cloudpbx.cli.client import app as client_app
 from cloudpbx.cli.lab import app as lab_app
+from cloudpbx.cli.worker import register as register_worker_commands
 from cloudpbx.domain.errors import ApiError
-from cloudpbx.runtime import build_runtime
+from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings, load_settings
 
 app = typer.Typer(help="CloudPBX API server.", no_args_is_help=True, add_completion=False)
@@ -29,7 +31,9 @@ app.add_typer(pbx_app, name="pbx")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
 app.add_typer(client_app, name="client", help="Talk to a CloudPBX API server (any, not just ours).")
+app.add_typer(asterisk_app, name="asterisk")
 app.add_typer(lab_app, name="lab", help="A real Asterisk lab on 127.0.0.1 (root, Debian).")
+register_worker_commands(app)  # worker, transcribe, jobs (cli/worker.py)
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)  # one line per message, easy to grep
@@ -144,6 +148,7 @@ def demo(
         sms_gateway="simulator",
         simulator_seed=seed,
         simulator_rate=rate,
+        transcription_workers=1,  # one in-process transcription worker (docs/transcription.md)
     )
     _logging(settings.log_level)
     api_key = _run(settings, lambda runtime: prepare_demo(runtime, key))
@@ -202,6 +207,39 @@ def pbx_remove(
         typer.confirm(f"Delete PBX {name} and all its data?", abort=True)
     _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.remove(name))
     console.print(f"removed PBX {escape(name)}")
+
+
+@pbx_app.command("sms")
+def pbx_sms(
+    name: str,
+    gateway: Annotated[
+        str, typer.Argument(help="'simulator', an [smsapi.NAME] account of the config, or 'none'")
+    ],
+    config: ConfigOption = None,
+    data: DataOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Set the SMS gateway of a PBX (docs/sms.md); shows its delivery-report URL."""
+    settings = _settings(config, data, database_url)
+    value = None if gateway == "none" else gateway
+    if value is not None and not 1 <= len(value) <= 32:
+        errors.print("[red]error:[/red] a gateway name is 1-32 characters")
+        raise typer.Exit(1)
+    if value not in (None, "simulator", *settings.smsapi):
+        errors.print(
+            f"[yellow]warning:[/yellow] no gateway {escape(gateway)} in this configuration: "
+            "sendSMS answers 403 until the server has one"
+        )
+
+    async def action(runtime: Runtime) -> str | None:
+        await runtime.tenants.set_sms_gateway(name, value)
+        signer = runtime.sms_callbacks
+        return signer.url(name) if signer is not None and value in settings.smsapi else None
+
+    url = _run(settings, action)
+    console.print(f"PBX {escape(name)}: SMS gateway {escape(gateway)}")
+    if url:
+        console.print(f"delivery reports: {escape(url)}")
 
 
 @key_app.command("create")

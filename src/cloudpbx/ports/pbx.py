@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cloudpbx.domain.events import Event
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
@@ -74,3 +74,10 @@ class PbxBackend(Protocol):
     def is_extension(self, pbx: str, number: str) -> bool:
         """Whether `number` is an extension of the PBX (a valid `cpa`)."""
         ...
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """A backend that can say whether it is connected (`{"status": "ok"|"degraded", ...}`)."""
+
+    def health(self) -> dict[str, Any]: ...

@@ -253,6 +253,26 @@ class SmsService:
             elif result.status is not SmsStatus.QUEUE:
                 await self._apply(tenant, item.response_id, result.status, gateway_id)
             return None
+        if kind is SubmitOutcome.REFUSED and item.outbox is Outbox.UNSURE:
+            # An earlier attempt may have reached the gateway (its answer was lost), and a
+            # gateway may check e.g. credit before the idx: FAILED could be wrong, and a
+            # final status would hide the delivery report. Stop resubmitting; wait for it.
+            log.warning(
+                "SMS %s on %s refused on resubmission (%s); an earlier attempt may have "
+                "been sent, waiting for reports",
+                item.response_id,
+                item.pbx,
+                result.error,
+            )
+            await self._store.record_attempt(
+                item.pbx_id,
+                item.response_id,
+                outbox=Outbox.UNSURE,
+                attempts=attempts,
+                due_at=item.created_at + timedelta(seconds=self.policy.report_max_age),
+                last_error=result.error,
+            )
+            return None
         if kind is SubmitOutcome.REFUSED:
             error = result.error or "refused by the SMS gateway"
             return await self._fail(tenant, item, error, attempts=attempts)

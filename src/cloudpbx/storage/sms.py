@@ -243,9 +243,10 @@ class SmsStore:
         by comparing a value read before: two reports applied at the same time (DELIVERED
         and a late SENT) cannot both pass a stale check and leave SENT last.
 
-        A report is proof that the gateway has the message: a `gateway_id` fills in the
-        message's id when it was not known yet (a submission whose answer was lost), and a
-        message the outbox still meant to (re)submit counts as accepted from then on.
+        A gateway's report (one with the gateway's `gateway_id`; our own verdicts have
+        none) is proof that the gateway has the message: it fills in the message's id when
+        it was not known yet (a submission whose answer was lost), and a message the
+        outbox still meant to (re)submit counts as accepted from then on.
         A final status ends the dispatcher's interest (`due_at` NULL).
 
         Every report goes into the history, duplicates too; a status query repeating the
@@ -264,7 +265,7 @@ class SmsStore:
             if row is None:
                 return StatusChange(False, None)
             sms_id = row.id
-            if row.outbox in (Outbox.PENDING.value, Outbox.UNSURE.value):
+            if gateway_id and row.outbox in (Outbox.PENDING.value, Outbox.UNSURE.value):
                 await conn.execute(
                     update(sms)
                     .where(sms.c.id == sms_id, sms.c.outbox == row.outbox)

@@ -34,7 +34,8 @@ from cloudpbx.adapters.asterisk.cdr_import import (
     CdrDelivery,
     CdrLedger,
     MasterCsv,
-    read_csv_messages,
+    csv_records,
+    rate_record,
 )
 from cloudpbx.adapters.asterisk.config import AsteriskConfig, PbxConfig, RatingConfig, ServerConfig
 from cloudpbx.adapters.asterisk.connection import (
@@ -149,6 +150,7 @@ class _Server:
         self._dispatcher: asyncio.Task[None] | None = None
         self._catchup: asyncio.Task[None] | None = None
         self._catchup_again = False
+        self._periodic: asyncio.Task[None] | None = None
         self._holding = True
         self._members: dict[tuple[str, str], AmiMessage] = {}
         self._participants: dict[tuple[str, str], AmiMessage] = {}
@@ -174,15 +176,19 @@ class _Server:
             self._dispatch(), name=f"{self.name}-dispatcher"
         )
         self.connection.start()
+        if self.config.cdr_csv is not None and self.config.cdr_csv.interval > 0:
+            self._periodic = asyncio.get_running_loop().create_task(
+                self._catch_up_every(self.config.cdr_csv.interval), name=f"{self.name}-cdr-timer"
+            )
 
     async def stop(self) -> None:
         await self.connection.stop()
-        for task in (self._catchup, self._dispatcher):
+        for task in (self._periodic, self._catchup, self._dispatcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._catchup = self._dispatcher = None
+        self._periodic = self._catchup = self._dispatcher = None
         if self.recordings is not None:
             await self.recordings.close()
         self._sink = None
@@ -440,10 +446,7 @@ class _Server:
     # -- CDRs --------------------------------------------------------------------------------
 
     def _rate(self, pbx: str, record: CdrRecord) -> CdrRecord:
-        rate = self.ratings[pbx](record.dst, record.billsec)
-        if rate is None:
-            return record
-        return dataclasses.replace(record, cost=rate.cost, zone=rate.zone)
+        return rate_record(record, self.ratings[pbx])
 
     def _cdr(self, msg: AmiMessage, cdrs: list[tuple[str, CdrRecord]]) -> None:
         try:
@@ -477,6 +480,13 @@ class _Server:
         self._catchup = asyncio.get_running_loop().create_task(
             self._catch_up(), name=f"{self.name}-cdr-catchup"
         )
+
+    async def _catch_up_every(self, interval: float) -> None:
+        """Also while connected: rows AMI lost (a failed store, cdr_manager off a while)."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.connection.connected:
+                self.catch_up()
 
     async def wait_catch_up(self) -> None:
         while self._catchup is not None and not self._catchup.done():
@@ -518,18 +528,7 @@ class _Server:
             csv.commit(inode, offset)
 
     def convert_csv(self, text: str, converter: CdrConverter) -> list[tuple[str, CdrRecord]]:
-        rows: list[tuple[str, CdrRecord]] = []
-        for msg in read_csv_messages(text):
-            if msg is None:
-                continue
-            try:
-                converted = converter.convert(msg)
-            except CdrError as exc:
-                log.warning("%s: unreadable Master.csv row (%s)", self.name, exc)
-                continue
-            if converted is not None and converted[0] in self.pbxes:
-                rows.append((converted[0], self._rate(*converted)))
-        return rows
+        return csv_records(text, converter, self.ratings)[0]
 
     # -- health ------------------------------------------------------------------------------
 

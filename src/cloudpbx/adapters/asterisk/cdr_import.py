@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from cloudpbx.adapters.asterisk.cdr import CdrConverter, CdrError, Rating
 from cloudpbx.adapters.asterisk.framing import AmiMessage
+from cloudpbx.domain.errors import NotFound
 from cloudpbx.domain.records import CdrRecord
 from cloudpbx.ports.pbx import PbxSink
 
@@ -43,6 +46,8 @@ __all__ = [
     "MasterCsv",
     "cdr_key",
     "csv_message",
+    "csv_records",
+    "rate_record",
     "read_csv_messages",
 ]
 
@@ -106,6 +111,36 @@ def read_csv_messages(text: str) -> list[AmiMessage | None]:
     return [csv_message(row) for row in csv.reader(io.StringIO(text)) if row]
 
 
+def csv_records(
+    text: str, converter: CdrConverter, ratings: Mapping[str, Rating]
+) -> tuple[list[tuple[str, CdrRecord]], int]:
+    """Master.csv lines → `(pbx, record)` of the PBXes in `ratings`, rated; and how many
+    rows were skipped (other PBXes, no uniqueid, unreadable)."""
+    rows: list[tuple[str, CdrRecord]] = []
+    skipped = 0
+    for msg in read_csv_messages(text):
+        converted = None
+        if msg is not None:
+            try:
+                converted = converter.convert(msg)
+            except CdrError as exc:
+                log.warning("unreadable Master.csv row (%s)", exc)
+        if converted is None or converted[0] not in ratings:
+            skipped += 1
+            continue
+        pbx, record = converted
+        rows.append((pbx, rate_record(record, ratings[pbx])))
+    return rows, skipped
+
+
+def rate_record(record: CdrRecord, rating: Rating) -> CdrRecord:
+    """The record with the cost and zone of `rating` (unchanged when it does not rate it)."""
+    rate = rating(record.dst, record.billsec)
+    if rate is None:
+        return record
+    return dataclasses.replace(record, cost=rate.cost, zone=rate.zone)
+
+
 class CdrLedger(Protocol):
     """Which rows of some calls the store already has."""
 
@@ -152,7 +187,17 @@ class CdrDelivery:
             for pbx, items in by_pbx.items():
                 known: set[CdrKey] = set()
                 if self._ledger is not None:
-                    known = await self._ledger.stored(pbx, {r.uniqueid for _, r in items})
+                    try:
+                        known = await self._ledger.stored(pbx, {r.uniqueid for _, r in items})
+                    except NotFound:
+                        # Configured for this server but not in the database: its rows
+                        # cannot be stored (`cloudpbx asterisk import-cdr` can, later).
+                        log.warning(
+                            "CDR catch-up: PBX %s is not in the database; %d rows not imported",
+                            pbx,
+                            len(items),
+                        )
+                        continue
                 new = [(key, record) for key, record in items if key not in known]
                 for key, _ in items:
                     if key in known:

@@ -166,6 +166,9 @@ class CdrCsvConfig(_Model):
     start: Literal["beginning", "end"] = Field(
         "beginning", description="First run: import the whole file, or only what follows"
     )
+    interval: float = Field(
+        300.0, ge=0, description="Seconds between catch-ups while connected (0: only on connect)"
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -16,7 +16,7 @@ never times out an action (a lost reply hangs the caller forever), never notices
 that went silent (a half-open TCP connection looks alive for hours), retries a refused
 login in a tight loop without telling anyone, and has no clean stop (tasks left pending).
 Wrapping it would mean re-implementing all four around its internals, and its parser is
-not the one our transcript tests cover. This module is ~400 lines on top of the tested
+not the one our transcript tests cover. This module is ~600 lines on top of the tested
 `AmiParser`/`serialize_action`; see docs/asterisk.md.
 """
 
@@ -192,15 +192,21 @@ class AmiSession:
     async def login(
         self, username: str, secret: str, *, events: str = "on", wait: float = 5.0
     ) -> AmiMessage:
-        """`Action: Login` with `Events` (a class filter such as `system,call,agent,cdr`)."""
+        """`Action: Login` with `Events` (a class filter such as `system,call,agent,cdr`).
+
+        `AmiAuthError` when Asterisk says `Authentication failed` (wrong user or secret, or
+        not permitted from here); `AmiConnectionError` for other refusals."""
         try:
             return await self.action(
                 "Login", {"Username": username, "Secret": secret, "Events": events}, wait=wait
             )
         except AmiActionError as exc:
-            raise AmiAuthError(
-                f"AMI login as {username!r} refused: {exc.message or 'Response: Error'}"
-            ) from None
+            message = exc.message or "Response: Error"
+            if "authentication" in message.lower():
+                raise AmiAuthError(f"AMI login as {username!r} refused: {message}") from None
+            # `Asterisk is shutting down` (seen in the lab during a restart) and the like:
+            # not the secret's fault; retried with the usual backoff.
+            raise AmiConnectionError(f"AMI login as {username!r} not possible: {message}") from None
 
     async def action(
         self,

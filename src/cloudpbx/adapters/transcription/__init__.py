@@ -144,6 +144,11 @@ class EngineFactory:
         name = self.engine_name(pbx)
         return None if name == "none" else self._build(name)
 
+    def close(self) -> None:
+        for pipeline in self._pipelines.values():
+            pipeline.close()
+        self._pipelines.clear()
+
     def check(self) -> list[str]:
         """Build every engine the settings use; the reasons of those that cannot run."""
         problems = []

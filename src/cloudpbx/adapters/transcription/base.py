@@ -99,6 +99,13 @@ class Pipeline:
     def name(self) -> str:
         return f"{self.engine.name}+{self.summariser.name}"
 
+    def close(self) -> None:
+        """Let go of connections (the OpenAI-compatible clients)."""
+        for part in (self.engine, self.summariser):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
     async def transcribe(
         self, audio: Path, *, fmt: str = "", speakers: Sequence[str] = ()
     ) -> Transcript:

@@ -35,7 +35,7 @@ class PocketsphinxEngine:
             raise PermanentError(
                 "pocketsphinx is not installed: pip install 'cloudpbx[pocketsphinx]'"
             ) from None
-        options: dict[str, Any] = {"samprate": ENGINE_RATE, "loglevel": "ERROR"}
+        options: dict[str, Any] = {"samprate": ENGINE_RATE, "loglevel": "ERROR", "dither": True, "seed": 1}
         for key, path in (("hmm", hmm), ("lm", lm), ("dict", dictionary)):
             if path is not None:
                 if not path.exists():

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from cloudpbx import __version__
 from cloudpbx.api.auth import RuntimeDep
 from cloudpbx.api.responses import OrjsonResponse
+from cloudpbx.ports.pbx import ReportsHealth
 
 router = APIRouter()
 
@@ -23,14 +24,32 @@ router = APIRouter()
     },
 )
 async def healthz(runtime: RuntimeDep) -> Response:
+    """Public, so it names no PBX and no address: each backend's kind and status only
+    (details: `cloudpbx asterisk check`). A backend that is down marks the answer
+    `degraded` but keeps 200, since the stored data is still served; only a database
+    that does not answer makes it 503."""
     try:
         async with runtime.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:  # the check must answer, whatever the driver raised
         database = f"error: {type(exc).__name__}"
+    backends = [_backend_status(backend) for backend in runtime.backends]
     ok = database == "ok"
+    healthy = ok and all(item["status"] == "ok" for item in backends)
     return OrjsonResponse(
-        {"status": "ok" if ok else "degraded", "version": __version__, "database": database},
+        {
+            "status": "ok" if healthy else "degraded",
+            "version": __version__,
+            "database": database,
+            "backends": backends,
+        },
         status_code=200 if ok else 503,
     )
+
+
+def _backend_status(backend: object) -> dict[str, str]:
+    kind = type(backend).__name__.removesuffix("Backend").lower()
+    if isinstance(backend, ReportsHealth):
+        return {"backend": kind, "status": str(backend.health().get("status", "unknown"))}
+    return {"backend": kind, "status": "ok"}

@@ -1,0 +1,400 @@
+"""End to end against the real Asterisk lab (tests/lab_fixtures.py): the real server with
+`backend = "asterisk"`, real WebSocket and HTTP clients, real phones.
+
+Needs root (the lab is a chroot); nothing is skipped. Each test leaves every phone idle
+and every agent unpaused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from cloudpbx.lab import PHONES, Lab, PhoneError
+from tests.asterisk_helpers import until_async
+from tests.conftest import Tenants, create_tenants
+from tests.live import LiveServer, make_settings, running
+
+PBX = "MojaCentrala"
+DAYS = {
+    "datestart": (datetime.now(UTC) - timedelta(days=1)).date().isoformat(),
+    "datestop": (datetime.now(UTC) + timedelta(days=1)).date().isoformat(),
+}
+
+
+def write_toml(lab: Lab, path: Path) -> Path:
+    host, port = lab.ami_address
+    path.write_text(
+        f"""
+[[servers]]
+name = "lab"
+host = "{host}"
+port = {port}
+username = "{lab.settings.ami_user}"
+secret = "{lab.settings.ami_secret}"
+timezone = "UTC"
+ping_interval = 2.0
+ping_timeout = 2.0
+reconnect_min = 0.2
+reconnect_max = 1.0
+
+[servers.recordings]
+dir = "{lab.recordings_dir}"
+settle = 0.3
+wait = 5.0
+
+[servers.cdr_csv]
+path = "{lab.cdr_csv_dir / "Master.csv"}"
+start = "end"
+
+[[servers.pbx]]
+name = "{PBX}"
+queues = ["Kolejka1"]
+conferences = ["SesjaRady"]
+originate_timeout = 4
+"""
+    )
+    return path
+
+
+@dataclass
+class Api:
+    """A running server, a WebSocket client collecting every message, an HTTP client."""
+
+    server: LiveServer
+    tenants: Tenants
+    client: httpx.AsyncClient
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def backend(self) -> Any:
+        return self.server.runtime.backends[0]
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [m["text"][kind] for m in self.messages if kind in m["text"]]
+
+    def states(self, ext: int) -> list[int]:
+        peer = f"{PBX}-{ext}"
+        return [e["statusValue"] for e in self.events("subscriber") if e["peer"] == peer]
+
+    async def wait(self, predicate: Callable[[], object], seconds: float = 15.0) -> None:
+        for _ in range(int(seconds / 0.05)):
+            if predicate():
+                return
+            await asyncio.sleep(0.05)
+        tail = [m["text"] for m in self.messages[-12:]]
+        raise AssertionError(f"not within {seconds} s; last messages: {tail}")
+
+    async def dial(self, cpa: str, cpb: str) -> httpx.Response:
+        return await self.client.get("/dial", params={"cpa": cpa, "cpb": cpb})
+
+    async def cdr(self) -> list[dict[str, Any]]:
+        reply = await self.client.get("/cdr", params=DAYS)
+        assert reply.status_code == 200
+        rows: list[dict[str, Any]] = reply.json()
+        return rows
+
+    async def cdr_where(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1, seconds: float = 15.0
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for _ in range(int(seconds / 0.1)):
+            found = [r for r in await self.cdr() if match(r)]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no such CDR within {seconds} s: {await self.cdr()}")
+
+
+async def _collect(ws: ClientConnection, into: list[dict[str, Any]]) -> None:
+    with contextlib.suppress(Exception):
+        async for raw in ws:
+            into.append(json.loads(raw))
+
+
+@contextlib.asynccontextmanager
+async def api(lab: Lab, data: Path, tenants: Tenants, *, fresh: bool = True) -> AsyncIterator[Api]:
+    toml = write_toml(lab, data.parent / f"{data.name}.toml")
+    settings = make_settings(data, backend="asterisk", asterisk_config=toml)
+
+    async def prepare(runtime: Any) -> None:
+        if fresh:
+            await create_tenants(runtime, tenants)
+
+    async with running(settings, prepare=prepare) as server:
+        assert await server.runtime.backends[0].wait_connected(10.0)
+        url = f"{server.ws_url}/ws/pbx_{PBX}?pbxkey={tenants.a_key}"
+        async with connect(url, proxy=None) as ws, server.client(tenants.a_key) as client:
+            handle = Api(server, tenants, client)
+            collector = asyncio.create_task(_collect(ws, handle.messages))
+            try:
+                yield handle
+            finally:
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
+
+
+async def phone(lab: Lab, ext: int, command: str, *args: str) -> None:
+    """A phone command (baresip answers `ok: false` when there is nothing to hang up)."""
+    with contextlib.suppress(PhoneError):
+        await asyncio.to_thread(getattr(lab.phone(ext), command), *args)
+
+
+async def ami(lab: Lab, action: str, **headers: str) -> dict[str, str]:
+    def run() -> dict[str, str]:
+        with lab.ami(events=False) as session:
+            return dict(session.action(action, **headers))
+
+    return await asyncio.to_thread(run)
+
+
+async def all_idle(lab: Lab) -> None:
+    """Hang up every phone and wait until Asterisk shows them idle again."""
+    for ext in PHONES:
+        await phone(lab, ext, "hangup")
+
+    def idle() -> bool:
+        with lab.ami(events=False) as session:
+            states = session.extension_states()
+        return all(states[str(e)].get("Status") == "0" for e in PHONES)
+
+    deadline = time.monotonic() + 15
+    while not await asyncio.to_thread(idle):
+        assert time.monotonic() < deadline, "phones not idle again"
+        await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def clean(lab: Lab) -> AsyncIterator[None]:
+    await all_idle(lab)
+    try:
+        yield
+    finally:
+        await all_idle(lab)
+
+
+# -- the tests ---------------------------------------------------------------------------
+
+
+async def test_register_and_unregister(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+        try:
+            await asyncio.to_thread(lab.stop_phone, 103)
+            await a.wait(lambda: a.states(103)[-1:] == [4])
+            message = next(m for m in reversed(a.messages) if "subscriber" in m["text"])
+            assert message["text"] == {
+                "subscriber": {"peer": "MojaCentrala-103", "statusValue": 4},
+                "extstatus": {"exten": "103", "status": 4},
+            }
+        finally:
+            await asyncio.to_thread(lab.start_phone, 103)
+        await a.wait(lambda: a.states(103)[-2:] == [4, 0])
+        ids = [m["id"] for m in a.messages]
+        assert ids == sorted(set(ids))
+
+
+async def test_dial_rings_both_talks_and_leaves_cdr_and_recording(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+        started = datetime.now(UTC).replace(microsecond=0)
+        reply = await a.dial("101", "102")
+        assert reply.status_code == 200 and reply.text == "OK"
+        assert reply.headers["x-originate-id"].startswith("cloudpbx-dial-")
+        # 101 rings (8), answers, dials 102 (32), talks (1); 102 is Busy while in a call.
+        await a.wait(lambda: a.states(101)[-1:] == [1] and a.states(102)[-1:] == [2])
+        assert 8 in a.states(101) and 32 in a.states(101)
+        talking = next(
+            e for e in reversed(a.events("subscriber")) if e["peer"] == "MojaCentrala-101"
+        )
+        assert talking["connectPeerNumber"] == "102"
+        await asyncio.sleep(2.0)
+        await phone(lab, 102, "hangup")
+        await a.wait(lambda: a.states(101)[-1:] == [0] and a.states(102)[-1:] == [0])
+        (row,) = await a.cdr_where(lambda r: r["dst"] == "102" and r["lastapp"] == "Dial")
+        assert row["src"] == "101" and row["disposition"] == "ANSWERED"
+        assert row["clid"] == '"MojaCentrala 101" <101>'
+        assert row["channel"].startswith("PJSIP/MojaCentrala-101-")
+        assert row["dstchannel"].startswith("PJSIP/MojaCentrala-102-")
+        assert 1 <= row["billsec"] <= row["duration"] and row["cost"] == ""
+        # calldate: Asterisk's start time (UTC here) in the PBX's zone.
+        calldate = datetime.strptime(row["calldate"], "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=ZoneInfo("Europe/Warsaw")
+        )
+        assert timedelta(0) <= calldate - started <= timedelta(seconds=5)
+        uniqueid = row["uniqueid"]
+        listed: list[dict[str, Any]] = []
+
+        async def recorded() -> bool:
+            listing = (await a.client.get("/record", params=DAYS)).json()
+            listed[:] = [r for r in listing if r["uniqueid"] == uniqueid]
+            return bool(listed)
+
+        await until_async(recorded, 10)
+        assert listed[0]["format"] == "wav"
+        download = await a.client.get(f"/record/{uniqueid}")
+        assert download.status_code == 200 and download.headers["content-type"] == "audio/wav"
+        with wave.open(BytesIO(download.content)) as audio:
+            assert audio.getframerate() == 8000 and audio.getnframes() > 8000  # > 1 s
+
+
+async def test_queue_with_a_paused_agent(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+        try:
+            await ami(
+                lab,
+                "QueuePause",
+                Interface="PJSIP/MojaCentrala-101",
+                Paused="true",
+                Reason="Przerwa",
+                Queue="Kolejka1",
+            )
+            await ami(
+                lab, "QueuePause", Interface="PJSIP/MojaCentrala-102", Paused="true", Reason="Lunch"
+            )
+
+            def member(ext: int) -> dict[str, Any]:
+                return [e for e in a.events("qmember") if e["peer"] == f"{PBX}-{ext}"][-1]
+
+            await a.wait(lambda: a.events("qmember") and member(102)["m_paused"] == "1")
+            assert member(101)["m_paused"] == "1" and member(101)["m_reason"] == "Przerwa"
+            assert member(102)["m_reason"] == "Lunch" and member(102)["m_name"] == "Agent 2"
+            await phone(lab, 103, "dial", "500")
+            await a.wait(lambda: {"peer": "Kolejka1", "calls": "1"} in a.events("queue"))
+            await a.wait(lambda: a.states(103)[-1:] == [32])
+            await ami(
+                lab,
+                "QueuePause",
+                Interface="PJSIP/MojaCentrala-101",
+                Paused="false",
+                Queue="Kolejka1",
+            )
+            await a.wait(lambda: a.events("queue")[-1:] == [{"peer": "Kolejka1", "calls": "0"}])
+            await a.wait(lambda: a.states(101)[-1:] == [1] and a.states(103)[-1:] == [1])
+            assert member(101)["m_paused"] == "0"
+            await asyncio.sleep(1.0)
+            await phone(lab, 103, "hangup")
+            await a.wait(lambda: a.states(101)[-1:] == [0] and a.states(103)[-1:] == [0])
+            (row,) = await a.cdr_where(lambda r: r["dst"] == "500")
+            assert row["src"] == "103" and row["lastapp"] == "Queue"
+        finally:
+            for ext in ("101", "102"):
+                await ami(lab, "QueuePause", Interface=f"PJSIP/MojaCentrala-{ext}", Paused="false")
+        await a.wait(lambda: member(102)["m_paused"] == "0")
+
+
+async def test_conference_members_come_and_go(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+
+        def members(action: str) -> list[str]:
+            return [e["callerIDNum"] for e in a.events("cmember") if e["action"] == action]
+
+        await phone(lab, 101, "dial", "600")
+        await a.wait(lambda: members("add") == ["101"])
+        await phone(lab, 103, "dial", "600")
+        await a.wait(lambda: members("add") == ["101", "103"])
+        added = a.events("cmember")
+        assert added[0]["conference"] == "SesjaRady"
+        assert added[0]["channel"].startswith("PJSIP/MojaCentrala-101-")
+        assert added[0]["callerIDName"] == "MojaCentrala 101"
+        await phone(lab, 101, "hangup")
+        await a.wait(lambda: members("remove") == ["101"])
+        await phone(lab, 103, "hangup")
+        await a.wait(lambda: members("remove") == ["101", "103"])
+
+
+async def test_busy_no_answer_unregistered_and_unknown(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+        # Unknown cpa: refused before Asterisk.
+        unknown = await a.dial("999", "102")
+        assert unknown.status_code == 500 and unknown.text == "Action Error"
+
+        # Busy: 102 is in a call (echo test); its phone takes one call at a time.
+        await phone(lab, 102, "dial", "700")
+        await a.wait(lambda: a.states(102)[-1:] == [2])
+        assert (await a.dial("101", "102")).text == "OK"
+        (busy,) = await a.cdr_where(lambda r: r["dst"] == "102" and r["disposition"] == "BUSY")
+        assert busy["src"] == "101" and busy["lastapp"] == "Dial"
+        await phone(lab, 102, "hangup")
+        await a.wait(lambda: a.states(101)[-1:] == [0] and a.states(102)[-1:] == [0])
+
+        # Unregistered target: 101 answers, the Dial to 105 fails at once.
+        assert (await a.dial("101", "105")).text == "OK"
+        (unreg,) = await a.cdr_where(lambda r: r["dst"] == "105")
+        assert (unreg["disposition"], unreg["billsec"], unreg["dstchannel"]) == ("ANSWERED", 0, "")
+        await a.wait(lambda: a.states(101)[-1:] == [0])
+
+        # No answer: 104 rings for the originate timeout (4 s) and never answers.
+        assert (await a.dial("104", "101")).text == "OK"
+        await a.wait(lambda: 8 in a.states(104))
+        (missed,) = await a.cdr_where(
+            lambda r: (
+                r["channel"].startswith("PJSIP/MojaCentrala-104-")
+                and r["disposition"] == "NO ANSWER"
+            )
+        )
+        assert missed["billsec"] == 0
+        await a.wait(lambda: a.states(104)[-1:] == [0])
+
+
+async def test_asterisk_restart_mid_call_loses_no_cdr(lab: Lab, tmp_path: Path) -> None:
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
+        assert (await a.dial("101", "102")).text == "OK"
+        await a.wait(lambda: a.states(101)[-1:] == [1] and a.states(102)[-1:] == [2])
+        channel = next(
+            e for e in reversed(a.events("subscriber")) if e["peer"] == "MojaCentrala-101"
+        )
+        assert channel["connectPeerNumber"] == "102"
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(lab.restart_asterisk)  # the call is cut by the shutdown
+        server = a.backend.servers[0]
+        await a.wait(lambda: server.connection.connects >= 2 and server.resyncs >= 2)
+        # The resync published the difference: both phones idle again.
+        await a.wait(lambda: a.states(101)[-1:] == [0] and a.states(102)[-1:] == [0])
+        assert a.backend.health()["status"] == "ok"
+        rows = await a.cdr_where(lambda r: r["dst"] == "102" and r["lastapp"] == "Dial")
+        await server.wait_catch_up()
+        await asyncio.sleep(0.5)
+        again = [r for r in await a.cdr() if r["dst"] == "102" and r["lastapp"] == "Dial"]
+        assert len(again) == len(rows) == 1  # once, whether it came live or from Master.csv
+
+
+async def test_calls_while_the_api_is_down_are_imported(lab: Lab, tmp_path: Path) -> None:
+    tenants = Tenants()
+    data = tmp_path / "data"
+    async with clean(lab):
+        async with api(lab, data, tenants) as a:
+            assert await a.cdr() == []
+        # The API is down: a call between two phones.
+        await phone(lab, 101, "dial", "103")
+        deadline = time.monotonic() + 10
+        while True:
+            events = await asyncio.to_thread(lab.phone(103).drain, 0.2)
+            if any(e.get("type") == "CALL_ESTABLISHED" for e in events):
+                break
+            assert time.monotonic() < deadline, "103 never answered"
+        await asyncio.sleep(1.5)
+        await phone(lab, 101, "hangup")
+        await all_idle(lab)
+        async with api(lab, data, tenants, fresh=False) as a:
+            (row,) = await a.cdr_where(lambda r: r["src"] == "101" and r["dst"] == "103")
+            assert row["disposition"] == "ANSWERED" and row["billsec"] >= 1
+
+            async def recorded() -> object:
+                return (await a.client.get("/record", params=DAYS)).json()
+
+            await until_async(recorded, 10)
+            download = await a.client.get(f"/record/{row['uniqueid']}")
+            assert download.status_code == 200 and len(download.content) > 44
