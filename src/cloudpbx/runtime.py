@@ -79,7 +79,14 @@ class Runtime:
         )
 
     async def _start_workers(self) -> None:
-        if self.transcription is None:
+        if self.transcription is None or not self.settings.transcription_workers:
+            return
+        check = getattr(self.transcribers, "check", None)
+        problems: list[str] = await asyncio.to_thread(check) if check is not None else []
+        if problems:
+            # Jobs stay queued (for a `cloudpbx worker` that can run, or a fixed config)
+            # rather than failing one by one.
+            log.error("transcription workers not started: %s", "; ".join(problems))
             return
         for index in range(self.settings.transcription_workers):
             worker = self.transcription_worker(worker_name(f"api{index}"))

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     transcription_retry_delay: float = Field(30.0, gt=0, description="First retry delay (doubles)")
     transcription_retry_max: float = Field(3600.0, gt=0, description="Longest retry delay")
     transcription_poll_interval: float = Field(2.0, gt=0, description="Seconds between queue polls")
+    transcription_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of `cloudpbx worker` processes (API first)"
+    )
     pocketsphinx_hmm: Path | None = Field(None, description="Acoustic model folder; default en-us")
     pocketsphinx_lm: Path | None = Field(None, description="Language model; default en-us")
     pocketsphinx_dict: Path | None = Field(None, description="Pronunciation dictionary")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
 class DeviceState(IntEnum):
@@ -56,7 +56,7 @@ class MemberStatus(IntEnum):
     ON_HOLD = 8
 
 
-class SmsStatus(str, Enum):
+class SmsStatus(StrEnum):
     """SMS delivery statuses, the same names as the SMSAPI.pl gateway's (codes 401-412)."""
 
     NOT_FOUND = "NOT_FOUND"
@@ -105,7 +105,7 @@ _SMS_RANK = {
 }
 
 
-class Disposition(str, Enum):
+class Disposition(StrEnum):
     """Final state of a call in a CDR row."""
 
     ANSWERED = "ANSWERED"

@@ -158,23 +158,25 @@ class Worker:
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("transcription worker %s: database: %s", self.name, exc)
                 outcome = None
+            except Exception:
+                log.exception("transcription worker %s: unexpected error", self.name)
+                outcome = None
             if outcome is not None:
                 continue
             if until_empty:
                 break
-            with contextlib.suppress(TimeoutError):
-                waiters = [
-                    asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                try:
-                    await asyncio.wait_for(
-                        asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED),
-                        self.policy.poll_interval,
-                    )
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
+            # Idle: until a new job is announced here, the stop, or the next poll.
+            waiters = [
+                asyncio.ensure_future(self._wake.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=self.policy.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
         log.info("transcription worker %s stopped", self.name)
 
     async def run_once(self, job_id: int | None = None) -> Outcome | None:

@@ -1,10 +1,11 @@
 """Reading call recordings into samples, telephone formats included, and resampling.
 
-Asterisk writes `wav` (16-bit PCM, 8 kHz, mono; stereo with MixMonitor's `D` option: one
-party per channel), `WAV`/`wav49` (GSM in a WAV wrapper), `gsm`, `ulaw`, `alaw` and `sln`
-(raw signed linear). WAV files in PCM (8/16/24/32-bit), IEEE float, A-law and µ-law are
-decoded here, and so are the raw `ulaw`, `alaw`, `sln*` files; anything else (GSM, MP3,
-Ogg, ...) goes through `ffmpeg` when it is installed, and is a permanent failure when not.
+Asterisk writes `wav` (16-bit PCM, 8 kHz, mono; two channels, one party each, when
+MixMonitor's `D` output is converted to WAV: docs/transcription.md), `WAV`/`wav49`
+(GSM in a WAV wrapper), `gsm`, `ulaw`, `alaw` and `sln`/`raw` (headerless signed linear).
+WAV files in PCM (8/16/24/32-bit), IEEE float, A-law and µ-law are decoded here, and so
+are the headerless `ulaw`, `alaw`, `sln*` files; anything else (GSM, MP3, Ogg, ...) goes
+through `ffmpeg` when it is installed, and is a permanent failure when not.
 
 Engines want 16 kHz mono (`resample`): narrowband 8 kHz audio is upsampled with a
 windowed-sinc interpolator (the band above 4 kHz stays empty, which the models cope with),

