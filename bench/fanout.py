@@ -142,9 +142,15 @@ async def run(
                         f"p99 {ms(step.p99)}, lost {step.lost}, published {step.published}/"
                         f"{step.count}; cores: server {step.server_cores:.2f}, "
                         f"clients {step.client_cores:.2f}, other {step.other_cores:.2f}"
+                        + (
+                            f"; longest GC pause {ms(step.gc_pause_max)}"
+                            if step.gc_pause_max
+                            else ""
+                        )
                     )
                     failed = step.saturated or step.p99 > SATURATED_P99
-                    if attempt == 1 and failed and step.other_cores > NOISY_CORES:
+                    noisy = step.other_cores > NOISY_CORES
+                    if attempt == 1 and failed and noisy and not quick:
                         # Other processes took the CPU: wait for quiet and try once more.
                         print(f"[fanout] {kind}: noisy step, retrying once")
                         await wait_for_quiet(30.0)

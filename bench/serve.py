@@ -48,7 +48,7 @@ from cloudpbx.domain.states import DeviceState
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.server import attach_backends, uvicorn_config
 from cloudpbx.settings import load_settings
-from cloudpbx.storage.calls import JsonPage
+from cloudpbx.storage.json_rows import JsonPage
 from cloudpbx.storage.tables import cdr
 
 
@@ -67,9 +67,37 @@ def starlette_ws_route(app: FastAPI) -> None:
     app.router.routes.insert(0, WebSocketRoute("/ws/{channel:path}", endpoint))
 
 
+class GcPauses:
+    """Longest garbage-collector pause per generation since the last `take()`."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.longest = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        generation = int(info["generation"])
+        self.longest[generation] = max(self.longest[generation], time.perf_counter() - self.started)
+        self.count[generation] += 1
+
+    def take(self) -> dict[str, list[float] | list[int]]:
+        out: dict[str, list[float] | list[int]] = {
+            "longest_s": list(self.longest),
+            "count": list(self.count),
+        }
+        self.longest = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        return out
+
+
 def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server) -> None:
     pages: dict[tuple[str, str, str], JsonPage] = {}
     profiler: dict[str, cProfile.Profile] = {}
+    pauses = GcPauses()
     snapshots: dict[str, tracemalloc.Snapshot] = {}
 
     async def cdr_static(pbx: str, datestart: str, datestop: str) -> Response:
@@ -112,6 +140,7 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         tenant = await runtime.tenants.require(pbx)
         loop = asyncio.get_running_loop()
         hub = runtime.hub
+        pauses.take()
         peer = f"{pbx}-101"
         step_tag = str(step)
         start = loop.time()
@@ -140,6 +169,7 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
                 "t_first": wall_start,
                 "elapsed": elapsed,
                 "behind_max": behind_max,
+                "gc": pauses.take(),
             }
         )
 
@@ -233,6 +263,11 @@ async def main() -> None:
             task.result()
         raise RuntimeError("the server did not start in 30 s")
     port = server.servers[0].sockets[0].getsockname()[1]
+    if os.environ.get("BENCH_GC_FREEZE") == "1":
+        # Experiment: what `gc.freeze()` after start-up would do (objects alive now are
+        # never scanned again by the collector; see docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
     emit({"event": "ready", "port": port, "pid": os.getpid()})
     watchdog = asyncio.create_task(until_orphaned())
     watchdog.add_done_callback(lambda _: setattr(server, "should_exit", True))

@@ -242,13 +242,30 @@ async def jobs_per_minute(
     }
 
 
-async def cdr_latency(server: Server, seconds: float) -> dict[str, Any]:
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the worker processes of a supervisor)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def cdr_latency(
+    server: Server, seconds: float, workers: list[int] | None = None
+) -> dict[str, Any]:
     query = f"/cdr?datestart={DAY}&datestop={DAY}"
     args = ["--port", str(server.port), "--path", query, "--conns", "1", "--duration", str(seconds)]
     args += ["--max-requests", "100000", "--expect-bytes", "0"]
     args += ["--header", f"Authorization: Bearer {KEY}"]
     child = await spawn("transcription-cdr-load", "bench.httpload", *args)
-    meter = CpuMeter({"server": [server.pid], "client": [child.pid]})
+    meter = CpuMeter(
+        {"server": [server.pid], "client": [child.pid], "workers": list(workers or [])}
+    )
     meter.start()
     try:
         result = await child.read(within=seconds + 120)
@@ -277,7 +294,8 @@ async def latency_under_work(
         try:
             await asyncio.sleep(3.0)  # both workers started and decoding
             done = await finished_jobs(database)
-            busy = await cdr_latency(server, seconds)
+            pids = await asyncio.to_thread(children_of, workers.pid)
+            busy = await cdr_latency(server, seconds, pids)
             progress = await finished_jobs(database) - done
         finally:
             workers.terminate()
@@ -367,7 +385,8 @@ async def run(report: Report, *, quick: bool, whisper_model: Path | None = None)
             f"<= {LATENCY_TARGET:.2f}x" if nice == 10 else "",
             ratio <= LATENCY_TARGET if nice == 10 else None,
             f"{ms(idle['p50'])} -> {ms(busy['p50'])}; p95 {ms(idle['p95'])} -> "
-            f"{ms(busy['p95'])}; {result['jobs_done_meanwhile']} jobs done meanwhile",
+            f"{ms(busy['p95'])}; CPU (cores) server {busy['cpu']['server']:.2f}, "
+            f"workers {busy['cpu']['workers']:.2f}, others {busy['cpu']['other']:.2f}",
         )
     report.details[SUITE] = details
 
@@ -382,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     mode = "quick" if args.quick else "full"
     report = Report()
 

@@ -104,6 +104,8 @@ class StepResult:
     other_cores: float
     publisher_behind_max: float
     published: int
+    gc_pause_max: float
+    """Longest garbage-collection pause in the server while publishing (cloudpbx only)."""
     close_codes: dict[str, int]
 
     @property
@@ -187,5 +189,6 @@ async def run_step(
         other_cores=cpu["other"],
         publisher_behind_max=float(published["behind_max"]),
         published=sent,
+        gc_pause_max=max(published.get("gc", {}).get("longest_s", [0.0])),
         close_codes=codes,
     )

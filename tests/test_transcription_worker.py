@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from cloudpbx.domain.records import RecordingInfo, TranscriptionRecord
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
-from cloudpbx.storage.jobs import DONE, FAILED, RUNNING, SKIPPED, JobInfo
+from cloudpbx.storage.jobs import DONE, FAILED, QUEUED, RUNNING, SKIPPED, JobInfo
 from cloudpbx.storage.tables import transcription, transcription_job
 from tests.fakes.openai import FakeOpenAI, Step
 from tests.live import make_settings, running
@@ -150,6 +150,31 @@ async def test_permanent_failures_are_recorded_and_not_listed(
         async with live.client(KEY) as client:
             assert (await client.get("/transcription?datestart=2026-11-27")).json() == []
             assert (await client.get(f"/transcription/{CALL}")).status_code == 404
+
+
+async def test_a_job_survives_a_restart_of_the_server(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """Stopped mid-job, the in-process worker hands the job back (the attempt does not
+    count); the next start of the server finishes it."""
+    fake.script.append(Step(hold=True))
+    settings = settings_for(tmp_path, fake)
+    async with running(settings, prepare=with_pbx) as live:
+        await deliver(live.runtime)
+        async with asyncio.timeout(15):
+            await fake.held.wait()
+    # `running` has stopped the server; its database is still there.
+    runtime = build_runtime(settings)
+    try:
+        info = await job_of(runtime)
+        assert (info.status, info.attempts) == (QUEUED, 0)
+    finally:
+        await runtime.engine.dispose()
+    fake.release.set()
+    async with running(settings) as live:
+        info = await settled(live.runtime)
+        assert (info.status, info.attempts) == (DONE, 1)
+        tenant = await live.runtime.tenants.require(PBX)
+        found = await live.runtime.calls.get_transcription(tenant, CALL)
+        assert found is not None and found["content"] == EXPECTED
 
 
 async def test_a_backend_transcript_needs_no_job(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -320,3 +345,35 @@ async def test_worker_refuses_to_start_without_its_engine(tmp_path: Path, fake: 
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert b"whisper_model_dir" in output and b"cannot run" in output
+
+
+async def test_the_supervisor_stops_even_while_restarting_a_worker(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    await prepared(tmp_path)
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        supervisor = await asyncio.create_subprocess_exec(
+            *CLI, "worker", "--processes", "2", env=cli_env(tmp_path, fake), stdout=log, stderr=log
+        )
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                started = re.findall(r"worker \S+:(\d+):w\d started", log_path.read_text())
+                if len(started) == 2:
+                    break
+                await asyncio.sleep(0.1)
+        os.kill(int(started[0]), signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while True:
+                if "starting it again" in log_path.read_text():
+                    break
+                await asyncio.sleep(0.05)
+        supervisor.send_signal(signal.SIGTERM)  # within the second before the restart
+        code = await asyncio.wait_for(supervisor.wait(), 15)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+    assert code == 0, log_path.read_text()
+    assert log_path.read_text().count(" started") == 2  # no third process was started

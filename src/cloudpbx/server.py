@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import uvicorn
@@ -24,6 +25,9 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         ws="wsproto",
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
+        # Every message is small JSON; compressing it per connection doubled the CPU of
+        # fan-out and grew each connection from ~38 to ~130 KiB (bench/, docs/benchmarks.md).
+        ws_per_message_deflate=False,
         log_level=settings.log_level,
         lifespan="on",
         server_header=False,
@@ -77,4 +81,8 @@ async def serve(settings: Settings) -> None:
     await runtime.migrate()
     await attach_backends(runtime)
     server = uvicorn.Server(uvicorn_config(runtime))
+    # What start-up allocated lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise stall the event loop (p99 of fan-out) with many clients.
+    gc.collect()
+    gc.freeze()
     await server.serve()

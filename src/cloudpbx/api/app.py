@@ -47,6 +47,6 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     app.include_router(calls.router)
     app.include_router(actions.router)
     app.include_router(health.router)
-    app.include_router(ws.router)
+    app.router.routes.append(ws.route)
     app.include_router(sms_callbacks.router)
     return app

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from cloudpbx.storage.calls import JsonPage
+from cloudpbx.storage.json_rows import JsonPage
 
 
 class OrjsonResponse(Response):

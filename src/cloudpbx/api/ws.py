@@ -19,8 +19,8 @@ import contextlib
 import logging
 import re
 
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloudpbx.api.auth import bearer_token, tenant_for_key
 from cloudpbx.api.responses import json_error
@@ -31,7 +31,6 @@ from cloudpbx.runtime import Runtime
 from cloudpbx.storage.tenants import Tenant
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 
 CHANNEL = re.compile(r"pbx_[A-Za-z0-9_-]{1,64}")
 """`/ws/{CHANNEL}`: anything else (also with more path segments) is a 404."""
@@ -64,8 +63,8 @@ def _last_event_id(websocket: WebSocket) -> int | None:
     return int(raw)
 
 
-@router.websocket("/ws/{channel:path}")
-async def pbx_events(websocket: WebSocket, channel: str) -> None:
+async def pbx_events(websocket: WebSocket) -> None:
+    channel: str = websocket.path_params["channel"]
     runtime: Runtime = websocket.app.state.runtime
     try:
         tenant = await _authorise(websocket, runtime, channel)
@@ -159,3 +158,8 @@ async def _stream(
 async def _close(websocket: WebSocket, code: int, reason: str, patience: float) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason), patience)
+
+
+route = WebSocketRoute("/ws/{channel:path}", pbx_events)
+"""A plain Starlette route: FastAPI's dependency machinery cost ~4 KiB per idle connection
+and the endpoint needs none of it (bench/, docs/benchmarks.md)."""

@@ -3,11 +3,12 @@
 Mounted on the main app by `register(app)` (cli/main.py). Self-contained (it imports
 nothing from cli/main.py), so either module can be imported first.
 
-`cloudpbx worker --processes N` starts N worker processes (multiprocessing, spawn) and
-supervises them: a worker that dies is started again after a second (its job is taken
-over by a worker once its lease runs out), SIGTERM/SIGINT stop them all (each hands its
-current job back to the queue). A worker whose engine cannot run (missing package or
-model) exits with code 2, and then the whole command stops with the reason.
+`cloudpbx worker --processes N` starts N worker processes (multiprocessing, spawn; one
+by default) and supervises them: a worker that dies is started again after a second (its
+job is taken over by a worker once its lease runs out), SIGTERM/SIGINT stop them all
+(each hands its current job back to the queue). A worker whose engine cannot run
+(missing package or model) exits with code 2, and then the whole command stops with the
+reason.
 """
 
 from __future__ import annotations
@@ -116,10 +117,7 @@ def worker(
         return None
 
     _run(settings, prepare)  # migrate once here, not in every process
-    if processes == 1:
-        code = asyncio.run(_work(settings, worker_name(), once, install_signals=True))
-    else:
-        code = _supervise(settings, processes, once)
+    code = _supervise(settings, processes, once)
     if code == CONFIG_PROBLEM:
         errors.print("[red]error:[/red] the transcription engine cannot run (see the log above)")
     raise typer.Exit(1 if code else 0)
@@ -133,7 +131,7 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
-async def _work(settings: Settings, name: str, once: bool, *, install_signals: bool) -> int:
+async def _work(settings: Settings, name: str, once: bool) -> int:
     """One worker until stopped (or, `once`, until no job is due); its exit code."""
     from cloudpbx.adapters.transcription import EngineFactory
 
@@ -149,10 +147,9 @@ async def _work(settings: Settings, name: str, once: bool, *, install_signals: b
                 return CONFIG_PROBLEM
         job_worker = runtime.transcription_worker(name)
         task = asyncio.create_task(job_worker.run(until_empty=once))
-        if install_signals:
-            loop = asyncio.get_running_loop()
-            for number in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(number, task.cancel)
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return 0
@@ -171,9 +168,7 @@ def _process_main(settings_data: dict[str, Any], index: int, once: bool) -> None
     code = 1
     loop = asyncio.new_event_loop()
     try:
-        code = loop.run_until_complete(
-            _work(settings, worker_name(f"w{index}"), once, install_signals=True)
-        )
+        code = loop.run_until_complete(_work(settings, worker_name(f"w{index}"), once))
     except BaseException:
         log.exception("transcription worker %d crashed", index)
     finally:
@@ -196,20 +191,21 @@ def _supervise(settings: Settings, count: int, once: bool) -> int:
         return process
 
     running = {index: start(index) for index in range(count)}
-    stopping = False
+    restart_at: dict[int, float] = {}
+    stopping_since: float | None = None
+    signalled: set[int] = set()
     code = 0
 
     def stop(_signal: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in running.values():
-            if process.is_alive():
-                process.terminate()
+        nonlocal stopping_since
+        if stopping_since is None:
+            stopping_since = time.monotonic()
 
     previous = {n: signal.signal(n, stop) for n in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while running:
+        while running or (restart_at and stopping_since is None):
             time.sleep(0.2)
+            now = time.monotonic()
             for index, process in list(running.items()):
                 if process.is_alive():
                     continue
@@ -218,13 +214,27 @@ def _supervise(settings: Settings, count: int, once: bool) -> int:
                 if process.exitcode == CONFIG_PROBLEM:
                     code = CONFIG_PROBLEM
                     stop(0, None)
-                elif not stopping and not (once and process.exitcode == 0):
+                elif stopping_since is None and not (once and process.exitcode == 0):
                     log.warning(
                         "transcription worker %d exited with %s; starting it again",
                         index,
                         process.exitcode,
                     )
-                    time.sleep(1.0)
+                    restart_at[index] = now + 1.0
+            if stopping_since is not None:
+                # Checked on every round, so that a process started just before the
+                # signal is stopped too; after 30 s the stragglers are killed.
+                restart_at.clear()
+                for process in running.values():
+                    if process.pid is not None and process.pid not in signalled:
+                        signalled.add(process.pid)
+                        process.terminate()
+                    elif now - stopping_since > 30:
+                        process.kill()
+                continue
+            for index, when in list(restart_at.items()):
+                if when <= now:
+                    del restart_at[index]
                     running[index] = start(index)
     finally:
         for number, handler in previous.items():

@@ -12,22 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
-from cloudpbx.storage.json_rows import json_array_of, ordered
+from cloudpbx.storage.json_rows import JsonPage, json_array_of, ordered
+from cloudpbx.storage.page_cache import Fingerprint, PageCache
 from cloudpbx.storage.tables import cdr, recording, transcription
 from cloudpbx.storage.tenants import Tenant, utcnow
-
-
-@dataclass(frozen=True, slots=True)
-class JsonPage:
-    """A list already rendered as a JSON array, and how many rows matched in all."""
-
-    body: bytes
-    total: int
-    cap: int
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +33,10 @@ def _utc_naive(moment: datetime) -> datetime:
 class CallStore:
     """Everything per call: billing rows, recordings, transcriptions."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, page_cache_bytes: int = 64 * 1024 * 1024) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
+        self._cdr_pages = PageCache(page_cache_bytes)
 
     # -- CDR -------------------------------------------------------------------------------
 
@@ -77,8 +66,27 @@ class CallStore:
             await conn.execute(insert(cdr), [self._cdr_values(tenant, r) for r in records])
 
     async def cdr_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
-        """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes."""
-        return await self._page(self.cdr_query(tenant, period, cap), cap)
+        """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes.
+
+        A page rendered before is served again when the range's rows are provably the
+        same (storage/page_cache.py): CDR rows are append-only.
+        """
+        low, high = period.utc_bounds()
+        where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
+        fingerprint_query = select(func.count(), func.min(cdr.c.id), func.max(cdr.c.id)).where(
+            *where
+        )
+        key = (tenant.id, tenant.name, low, high, cap)
+        async with self._engine.connect() as conn:
+            count, first, last = (await conn.execute(fingerprint_query)).one()
+        fingerprint: Fingerprint = (int(count), first, last)
+        cached = self._cdr_pages.get(key, fingerprint)
+        if cached is not None:
+            return cached
+        page = await self._page(self.cdr_query(tenant, period, cap), cap)
+        if page.total == fingerprint[0]:  # nothing arrived between the two reads
+            self._cdr_pages.put(key, fingerprint, page)
+        return page
 
     def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
         """The statements of `cdr_page` (public so that tests can EXPLAIN them).

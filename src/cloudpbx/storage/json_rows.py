@@ -9,12 +9,26 @@ sends those bytes as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, Text, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 ORDER_PREFIX = "_order_"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPage:
+    """A list already rendered as a JSON array, and how many rows matched in all."""
+
+    body: bytes
+    total: int
+    cap: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
 
 
 def json_array_of(dialect: str, rows: Select[Any]) -> Select[str]:

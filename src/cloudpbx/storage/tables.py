@@ -33,6 +33,8 @@ metadata = MetaData(
     }
 )
 
+# sqlite_autoincrement: ids are never reused after a delete (PostgreSQL's sequences never
+# are), which the /cdr page cache relies on (storage/page_cache.py).
 pbx = Table(
     "pbx",
     metadata,
@@ -43,6 +45,7 @@ pbx = Table(
     # Event ids are handed out from blocks reserved here, so ids never repeat after a crash.
     Column("event_id_reserved", BigInteger, nullable=False, server_default="0"),
     Column("created_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 api_key = Table(
@@ -78,6 +81,7 @@ cdr = Table(
     Column("zone", String(64), nullable=False, server_default=""),
     Index("ix_cdr_pbx_started", "pbx_id", "started_at"),
     Index("ix_cdr_pbx_uniqueid", "pbx_id", "uniqueid"),
+    sqlite_autoincrement=True,
 )
 
 recording = Table(

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pbx")),
         sa.UniqueConstraint("name", name=op.f("uq_pbx_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "api_key",
@@ -66,6 +67,7 @@ def upgrade() -> None:
             ["pbx_id"], ["pbx.id"], name=op.f("fk_cdr_pbx_id_pbx"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_cdr")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("cdr", schema=None) as batch_op:
         batch_op.create_index("ix_cdr_pbx_started", ["pbx_id", "started_at"], unique=False)
