@@ -19,11 +19,11 @@ import time
 
 import orjson
 
-from bench import cdr, fanout, memory
+from bench import cdr, fanout, memory, transcription
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory")
+SUITES = ("cdr", "fanout", "memory", "transcription")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +107,9 @@ async def main(args: argparse.Namespace) -> Report:
             client=args.ws_client,
             profile=args.profile,
         )
+    if "transcription" in suites:
+        await quiet("transcription")
+        await transcription.run(report, quick=args.quick)
     return report
 
 
