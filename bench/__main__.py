@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench               # full run, several minutes
     .venv/bin/python -m bench --quick       # smoke run, about a minute
-    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout or memory
+    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, memory, transcription, ami
 
 Every server runs in its own process on 127.0.0.1, the load in other processes. Numbers
 go to stdout as tables, and to .bench-data/results-{quick,full}.json.
@@ -19,11 +19,11 @@ import time
 
 import orjson
 
-from bench import cdr, fanout, memory, transcription
+from bench import ami, cdr, fanout, memory, transcription
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "transcription")
+SUITES = ("cdr", "fanout", "memory", "transcription", "ami")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +110,9 @@ async def main(args: argparse.Namespace) -> Report:
     if "transcription" in suites:
         await quiet("transcription")
         await transcription.run(report, quick=args.quick)
+    if "ami" in suites:
+        await quiet("ami")
+        await ami.run(report, quick=args.quick)
     return report
 
 

@@ -46,7 +46,7 @@ from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.events import Subscriber
 from cloudpbx.domain.states import DeviceState
 from cloudpbx.runtime import Runtime, build_runtime
-from cloudpbx.server import attach_backends, uvicorn_config
+from cloudpbx.server import attach_backends, freeze_startup_heap, uvicorn_config
 from cloudpbx.settings import load_settings
 from cloudpbx.storage.json_rows import JsonPage
 from cloudpbx.storage.tables import cdr
@@ -263,11 +263,7 @@ async def main() -> None:
             task.result()
         raise RuntimeError("the server did not start in 30 s")
     port = server.servers[0].sockets[0].getsockname()[1]
-    if os.environ.get("BENCH_GC_FREEZE") == "1":
-        # Experiment: what `gc.freeze()` after start-up would do (objects alive now are
-        # never scanned again by the collector; see docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
+    freeze_startup_heap()  # as `cloudpbx serve` does
     emit({"event": "ready", "port": port, "pid": os.getpid()})
     watchdog = asyncio.create_task(until_orphaned())
     watchdog.add_done_callback(lambda _: setattr(server, "should_exit", True))

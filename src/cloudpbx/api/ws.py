@@ -73,12 +73,15 @@ async def pbx_events(websocket: WebSocket) -> None:
         await websocket.send_denial_response(json_error(exc.status, exc.message, exc.code))
         return
     settings = runtime.settings
+    # A new client starts at the newest id, so that a 4008 close before it got anything
+    # tells it to resume from there, not from the start of the history.
+    baseline = await runtime.hub.last_id(tenant) if last_id is None else 0
     # Subscribe first, then read the history: whatever is published in between is in both,
     # and the id check in _stream sends it once.
     subscription = runtime.bus.subscribe(channel, settings.ws_buffer_size)
     try:
         backlog: list[WireMessage] = []
-        sent = 0
+        sent = baseline
         headers: list[tuple[bytes, bytes]] = []
         if last_id is not None:
             replay = await runtime.hub.replay_after(tenant, last_id)
@@ -104,9 +107,9 @@ async def _stream(
 ) -> None:
     """Send the backlog, then live messages, until the client leaves or falls behind.
 
-    Three tasks race: the sender, a receiver that notices the client leaving, and a watch
-    on the subscription's overflow flag (so that a sender stuck on a full socket is cut
-    off at once). The sender records an id only once its frame was handed to the
+    Two tasks race: the sender and a receiver that notices the client leaving; the
+    subscription cancels the sender the moment it overflows (so that a sender stuck on a
+    full socket is cut off at once). The sender records an id only once its frame was handed to the
     transport; uvicorn waits for the socket to drain before writing, never in the middle
     of a frame, so cancelling the sender never loses or half-sends a message and the id
     in the 4008 reason is exactly the last message the client will receive.
@@ -129,8 +132,8 @@ async def _stream(
 
     sender = asyncio.create_task(send_all())
     receiver = asyncio.create_task(wait_disconnect())
-    overflow = asyncio.create_task(subscription.overflow.wait())
-    tasks = (sender, receiver, overflow)
+    subscription.on_overflow = sender.cancel
+    tasks = (sender, receiver)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -141,8 +144,8 @@ async def _stream(
         await asyncio.gather(*tasks, return_exceptions=True)
     if receiver in done:
         return  # the client left (or closed); uvicorn has answered its close
-    sender_error = sender.exception() if sender in done else None
-    if overflow in done or isinstance(sender_error, SubscriberOverflow):
+    sender_error = sender.exception() if sender in done and not sender.cancelled() else None
+    if subscription.overflowed or isinstance(sender_error, SubscriberOverflow):
         reason = f"too slow; resume with last_event_id={state['sent']}"
         log.info("closing a slow WebSocket client: %s", reason)
         # The close frame queues behind what the client has not read yet: give it until

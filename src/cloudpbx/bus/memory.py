@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from cloudpbx.ports.bus import SubscriberOverflow, WireMessage
 
@@ -28,7 +28,7 @@ class MemorySubscription:
         "_max",
         "_overflowed",
         "_waiter",
-        "overflow",
+        "on_overflow",
     )
 
     def __init__(self, bus: MemoryBus, channel: str, max_buffered: int) -> None:
@@ -40,16 +40,22 @@ class MemorySubscription:
         self._overflowed = False
         self._closed = False
         self._last_id = 0
-        self.overflow = asyncio.Event()
-        """Set the moment the buffer overflows, even while the consumer is stuck writing."""
+        self.on_overflow: Callable[[], object] | None = None
+        """Called once, the moment the buffer overflows, even while the consumer is stuck
+        writing (a callback rather than an Event and a watcher task: smaller per client)."""
+
+    @property
+    def overflowed(self) -> bool:
+        return self._overflowed
 
     def push(self, message: WireMessage) -> None:
         if self._overflowed or self._closed:
             return
         if len(self._buffer) >= self._max:
             self._overflowed = True
-            self.overflow.set()
             self._bus.detach(self._channel, self)
+            if self.on_overflow is not None:
+                self.on_overflow()
         else:
             self._buffer.append(message)
         waiter = self._waiter

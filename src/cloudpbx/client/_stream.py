@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -138,6 +139,10 @@ class StreamCore:
             reason = str(error)
         elif isinstance(exc, ws_errors.ConnectionClosed):
             if exc.rcvd is not None and exc.rcvd.code == CLOSE_TOO_SLOW:
+                resume_at = _RESUME_AT.search(exc.rcvd.reason)
+                if self.last_event_id is None and resume_at is not None:
+                    # Cut off before the first event: the server names where we stood.
+                    self.last_event_id = int(resume_at.group(1))
                 log.info("the server closed the stream (too slow); resuming at once")
                 return 0.0
             reason = str(exc)
@@ -162,6 +167,7 @@ class StreamCore:
         return delay
 
 
+_RESUME_AT = re.compile(r"last_event_id=(\d+)")
 _RECOVERABLE = (OSError, TimeoutError, EOFError, ws_errors.WebSocketException)
 
 

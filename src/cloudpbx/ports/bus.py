@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,8 +30,11 @@ class Subscription(Protocol):
     write them together), [] once closed, and raises SubscriberOverflow when it fell behind.
     """
 
-    overflow: asyncio.Event
-    """Set as soon as the subscriber fell behind, so a stuck writer can be cut off."""
+    on_overflow: Callable[[], object] | None
+    """Called once, as soon as the subscriber fell behind, so a stuck writer can be cut off."""
+
+    @property
+    def overflowed(self) -> bool: ...
 
     async def next_batch(self) -> list[WireMessage]: ...
 
