@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloudpbx.cli.asterisk import app as asterisk_app
 from cloudpbx.cli.client import app as client_app
+from cloudpbx.cli.common import console, errors, run_on_database
 from cloudpbx.cli.lab import app as lab_app
 from cloudpbx.cli.worker import register as register_worker_commands
-from cloudpbx.domain.errors import ApiError
-from cloudpbx.runtime import Runtime, build_runtime
+from cloudpbx.runtime import Runtime
 from cloudpbx.settings import Settings, load_settings
 
 app = typer.Typer(help="CloudPBX API server.", no_args_is_help=True, add_completion=False)
@@ -35,9 +32,6 @@ app.add_typer(asterisk_app, name="asterisk")
 app.add_typer(lab_app, name="lab", help="A real Asterisk lab on 127.0.0.1 (root, Debian).")
 register_worker_commands(app)  # worker, transcribe, jobs (cli/worker.py)
 
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)  # one line per message, easy to grep
-T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
@@ -55,43 +49,6 @@ def _settings(
     config: Path | None, data: Path | None = None, database: str | None = None, **extra: object
 ) -> Settings:
     return load_settings(config, data_dir=data, database_url=database, **extra)
-
-
-def _run(settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
-    """Run one store action against a migrated database; client errors exit 1 with a message.
-
-    Messages are escaped before printing: they quote what the user typed (a PBX name, a
-    label), and rich would read `[...]` in it as markup, or crash on `[/x]`.
-    """
-
-    async def main() -> T:
-        runtime = build_runtime(settings)
-        try:
-            await runtime.migrate()
-            return await action(runtime)
-        finally:
-            await runtime.engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except ApiError as exc:
-        errors.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from None
-    except (SQLAlchemyError, OSError) as exc:
-        # An unreachable or unusable database is an operator error, not a crash.
-        url = escape(_safe_url(settings.effective_database_url))
-        errors.print(f"[red]error:[/red] database {url}: {escape(str(exc).splitlines()[0])}")
-        raise typer.Exit(1) from None
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparsable URL)"
 
 
 def _table(*columns: str, wrap: frozenset[str] | set[str] = frozenset()) -> Table:
@@ -151,7 +108,7 @@ def demo(
         transcription_workers=1,  # one in-process transcription worker (docs/transcription.md)
     )
     _logging(settings.log_level)
-    api_key = _run(settings, lambda runtime: prepare_demo(runtime, key))
+    api_key = run_on_database(settings, lambda runtime: prepare_demo(runtime, key))
     base = f"http://{host}:{port}"
     ws = f"ws://{host}:{port}"
     console.print(f"[bold]cloudpbx demo[/bold]: PBX [cyan]{DEMO_PBX}[/cyan], data in {data}")
@@ -175,7 +132,7 @@ def pbx_add(
     database_url: DatabaseOption = None,
 ) -> None:
     """Create a PBX (name: letters, digits, '_' and '-')."""
-    tenant = _run(
+    tenant = run_on_database(
         _settings(config, data, database_url),
         lambda runtime: runtime.tenants.create(name, timezone, sms_gateway),
     )
@@ -187,7 +144,9 @@ def pbx_list(
     config: ConfigOption = None, data: DataOption = None, database_url: DatabaseOption = None
 ) -> None:
     """List PBXes."""
-    tenants = _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.list())
+    tenants = run_on_database(
+        _settings(config, data, database_url), lambda runtime: runtime.tenants.list()
+    )
     table = _table("name", "time zone", "SMS gateway")
     for tenant in tenants:
         table.add_row(Text(tenant.name), Text(tenant.timezone), Text(tenant.sms_gateway or "-"))
@@ -205,7 +164,9 @@ def pbx_remove(
     """Delete a PBX with its keys, call records and history."""
     if not yes:
         typer.confirm(f"Delete PBX {name} and all its data?", abort=True)
-    _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.remove(name))
+    run_on_database(
+        _settings(config, data, database_url), lambda runtime: runtime.tenants.remove(name)
+    )
     console.print(f"removed PBX {escape(name)}")
 
 
@@ -236,7 +197,7 @@ def pbx_sms(
         signer = runtime.sms_callbacks
         return signer.url(name) if signer is not None and value in settings.smsapi else None
 
-    url = _run(settings, action)
+    url = run_on_database(settings, action)
     console.print(f"PBX {escape(name)}: SMS gateway {escape(gateway)}")
     if url:
         console.print(f"delivery reports: {escape(url)}")
@@ -252,7 +213,7 @@ def key_create(
     database_url: DatabaseOption = None,
 ) -> None:
     """Issue an API key for a PBX; it is printed once and stored only as a hash."""
-    key = _run(
+    key = run_on_database(
         _settings(config, data, database_url),
         lambda runtime: runtime.tenants.create_key(pbx, label, value),
     )
@@ -268,7 +229,7 @@ def key_list(
     database_url: DatabaseOption = None,
 ) -> None:
     """List keys (their first characters only)."""
-    keys = _run(
+    keys = run_on_database(
         _settings(config, data, database_url), lambda runtime: runtime.tenants.list_keys(pbx)
     )
     table = _table("id", "pbx", "starts with", "label", "created", "revoked", wrap={"label"})
@@ -292,7 +253,9 @@ def key_revoke(
     database_url: DatabaseOption = None,
 ) -> None:
     """Revoke a key by id (see `key list`); it stops working at once."""
-    _run(_settings(config, data, database_url), lambda runtime: runtime.tenants.revoke_key(key_id))
+    run_on_database(
+        _settings(config, data, database_url), lambda runtime: runtime.tenants.revoke_key(key_id)
+    )
     console.print(f"revoked key {key_id}")
 
 
@@ -305,5 +268,5 @@ def db_upgrade(
     async def noop(_runtime: object) -> None:
         return None
 
-    _run(_settings(config, data, database_url), noop)
+    run_on_database(_settings(config, data, database_url), noop)
     console.print("database is up to date")

@@ -21,18 +21,16 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
-from cloudpbx.domain.errors import ApiError, BadRequest, NotFound
+from cloudpbx.cli.common import console, errors, run_on_database
+from cloudpbx.domain.errors import BadRequest, NotFound
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.services.transcription import Outcome, wait_for_job, worker_name
 from cloudpbx.settings import Settings, load_settings
@@ -40,8 +38,6 @@ from cloudpbx.storage.jobs import DONE, FAILED, SKIPPED, STATUSES, JobInfo
 from cloudpbx.storage.tenants import Tenant
 
 log = logging.getLogger(__name__)
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 CONFIG_PROBLEM = 2
@@ -74,30 +70,6 @@ def _logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _run(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> T:
-    """Run `action` on a migrated database; client and database errors exit 1."""
-
-    async def main() -> T:
-        runtime = build_runtime(settings)
-        try:
-            await runtime.migrate()
-            return await action(runtime)
-        finally:
-            await runtime.engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except ApiError as exc:
-        errors.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from None
-    except (SQLAlchemyError, OSError) as exc:
-        errors.print(f"[red]error:[/red] database: {escape(str(exc).splitlines()[0])}")
-        raise typer.Exit(1) from None
-
-
-# -- worker ----------------------------------------------------------------------------------
-
-
 def worker(
     processes: Annotated[
         int, typer.Option("--processes", "-n", min=1, help="Worker processes to run")
@@ -116,7 +88,7 @@ def worker(
     async def prepare(runtime: Runtime) -> None:
         return None
 
-    _run(settings, prepare)  # migrate once here, not in every process
+    run_on_database(settings, prepare)  # migrate once here, not in every process
     code = _supervise(settings, processes, once)
     if code == CONFIG_PROBLEM:
         errors.print("[red]error:[/red] the transcription engine cannot run (see the log above)")
@@ -309,7 +281,7 @@ def transcribe(
             console.print(Text(f"summary: {found['summary']}"))
         return 0
 
-    code = _run(settings, action)
+    code = run_on_database(settings, action)
     raise typer.Exit(code)
 
 
@@ -351,7 +323,7 @@ def jobs(
         store = runtime.transcription.jobs
         return await store.counts(), await store.recent(status, limit)
 
-    counts, rows = _run(settings, action)
+    counts, rows = run_on_database(settings, action)
     console.print("  ".join(f"{name}: {counts[name]}" for name in STATUSES))
     # One line per job, tab-separated: whole ids and reasons, easy to grep and cut.
     for row in rows:

@@ -30,6 +30,27 @@ def _utc_naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
+def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
+    """The `cdr` table row of a record: times in UTC for ranges, `calldate` in the PBX zone."""
+    return {
+        "pbx_id": tenant.id,
+        "started_at": _utc_naive(record.started_at),
+        "calldate": local_timestamp(record.started_at, tenant.zone),
+        "clid": record.clid,
+        "src": record.src,
+        "dst": record.dst,
+        "channel": record.channel,
+        "dstchannel": record.dstchannel,
+        "lastapp": record.lastapp,
+        "duration": record.duration,
+        "billsec": record.billsec,
+        "disposition": record.disposition.value,
+        "uniqueid": record.uniqueid,
+        "cost": record.cost,
+        "zone": record.zone,
+    }
+
+
 class CallStore:
     """Everything per call: billing rows, recordings, transcriptions."""
 
@@ -40,30 +61,11 @@ class CallStore:
 
     # -- CDR -------------------------------------------------------------------------------
 
-    def _cdr_values(self, tenant: Tenant, record: CdrRecord) -> dict[str, object]:
-        return {
-            "pbx_id": tenant.id,
-            "started_at": _utc_naive(record.started_at),
-            "calldate": local_timestamp(record.started_at, tenant.zone),
-            "clid": record.clid,
-            "src": record.src,
-            "dst": record.dst,
-            "channel": record.channel,
-            "dstchannel": record.dstchannel,
-            "lastapp": record.lastapp,
-            "duration": record.duration,
-            "billsec": record.billsec,
-            "disposition": record.disposition.value,
-            "uniqueid": record.uniqueid,
-            "cost": record.cost,
-            "zone": record.zone,
-        }
-
     async def add_cdrs(self, tenant: Tenant, records: Sequence[CdrRecord]) -> None:
         if not records:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(insert(cdr), [self._cdr_values(tenant, r) for r in records])
+            await conn.execute(insert(cdr), [cdr_row_values(tenant, r) for r in records])
 
     async def cdr_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes.

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Row, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cloudpbx.domain.dates import local_timestamp
 from cloudpbx.domain.records import CdrRecord, SmsMessage
 from cloudpbx.domain.states import SmsStatus
+from cloudpbx.storage.calls import cdr_row_values
 from cloudpbx.storage.tables import cdr, pbx, sms, sms_status_history
 from cloudpbx.storage.tenants import Tenant, utcnow
 
@@ -124,26 +124,6 @@ _ITEM_COLUMNS = (
 _NOT_FINAL = [s.value for s in SmsStatus if not s.is_final]
 
 
-def _cdr_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
-    return {
-        "pbx_id": tenant.id,
-        "started_at": _naive(record.started_at),
-        "calldate": local_timestamp(record.started_at, tenant.zone),
-        "clid": record.clid,
-        "src": record.src,
-        "dst": record.dst,
-        "channel": record.channel,
-        "dstchannel": record.dstchannel,
-        "lastapp": record.lastapp,
-        "duration": record.duration,
-        "billsec": record.billsec,
-        "disposition": record.disposition.value,
-        "uniqueid": record.uniqueid,
-        "cost": record.cost,
-        "zone": record.zone,
-    }
-
-
 class SmsStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -186,7 +166,7 @@ class SmsStore:
                 )
             )
             if cdr_record is not None:
-                await conn.execute(insert(cdr).values(**_cdr_values(tenant, cdr_record)))
+                await conn.execute(insert(cdr).values(**cdr_row_values(tenant, cdr_record)))
 
     async def get(self, tenant: Tenant, response_id: str) -> SmsMessage | None:
         query = select(sms).where(sms.c.pbx_id == tenant.id, sms.c.response_id == response_id)
