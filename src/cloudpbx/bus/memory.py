@@ -1,8 +1,8 @@
 """In-process event bus: one server process, subscribers are asyncio tasks.
 
-Each subscriber has a bounded deque. Publishing appends to every subscriber's deque and
+Each subscriber has a bounded buffer. Publishing appends to every subscriber's buffer and
 wakes it; it never awaits a subscriber, so one slow WebSocket client cannot delay the
-others. A subscriber whose deque is full is marked overflowed: it gets what it already
+others. A subscriber whose buffer is full is marked overflowed: it gets what it already
 had buffered, then SubscriberOverflow, and its connection is closed so the client resumes
 from its last id out of the history.
 """
@@ -10,7 +10,6 @@ from its last id out of the history.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from cloudpbx.ports.bus import SubscriberOverflow, WireMessage
@@ -35,7 +34,9 @@ class MemorySubscription:
         self._bus = bus
         self._channel = channel
         self._max = max_buffered
-        self._buffer: deque[WireMessage] = deque()
+        # A list, not a deque: it is only appended to and swapped out whole, and an empty
+        # list is ~0.6 KiB smaller, per connection.
+        self._buffer: list[WireMessage] = []
         self._waiter: asyncio.Future[None] | None = None
         self._overflowed = False
         self._closed = False
@@ -64,8 +65,7 @@ class MemorySubscription:
 
     def drain(self) -> list[WireMessage]:
         """Everything buffered now, without waiting (lets a sender batch its writes)."""
-        items = list(self._buffer)
-        self._buffer.clear()
+        items, self._buffer = self._buffer, []
         if items:
             self._last_id = items[-1].id
         return items
