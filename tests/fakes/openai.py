@@ -41,6 +41,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from tests.fakes import serve_on_loopback
+
 
 @dataclass
 class Step:
@@ -80,24 +82,9 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> None:
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
+        self._server, self._task, self.port = await serve_on_loopback(
+            self.app, self.port, "fake OpenAI server"
         )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        for _ in range(500):
-            if self._server.started or self._task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self._task.done():
-            self._task.result()
-            raise RuntimeError("fake OpenAI server stopped during start")
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         self.release.set()

@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes import serve_on_loopback
+
 # SMSAPI's delivery statuses and their numbers in callbacks (its "Lista statusów doręczenia").
 STATUS_NUMBERS = {
     "NOT_FOUND": 401,
@@ -139,24 +141,9 @@ class FakeSmsapi:
 
     async def start(self) -> None:
         """Serve on loopback (the same port again after `stop`, once it had one)."""
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
+        self._server, self._task, self.port = await serve_on_loopback(
+            self.app, self.port, "fake SMSAPI"
         )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        for _ in range(500):
-            if self._server.started or self._task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self._task.done():
-            self._task.result()
-            raise RuntimeError("fake SMSAPI stopped during start")
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
