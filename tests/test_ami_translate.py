@@ -98,14 +98,17 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [sub("103", 0), ext("103", 0)],  # 19 (20 agrees)
     ],
     # Originate 101 -> 102. 101's leg rings (8) with "Dial 102" as caller, is answered
-    # (1), dials 102 (32) until 102 answers (1); 102 shows Busy while ringing.
+    # (1), dials 102 (32) until 102 answers (1); 102 shows Busy while ringing. The
+    # extension states are Asterisk's: 101 stays 1 (InUse) while it dials. 102's leg
+    # has the connected line "Dial 102" <102> — its own number — so it never shows a
+    # party (no phone is connected to itself).
     "originate": [
         [sub("101", 8, "102", "Dial 102"), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],
         [sub("101", 1, "102", "Dial 102"), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],
-        [sub("101", 32, "102", "MojaCentrala 102"), ext("101", 32)],  # 51 DialBegin, 52
-        [sub("102", 2, "102", "Dial 102")],  # 53, 54 (the hint follows 1 ms later)
+        [sub("101", 32, "102", "MojaCentrala 102")],  # 51 DialBegin, 52
+        [sub("102", 2)],  # 53, 54 (the hint follows 1 ms later)
         [ext("102", 2), qm("102", "3", "0", "0", AGENT2)],  # 55, 60
-        [sub("101", 1, "102", "MojaCentrala 102"), ext("101", 1)],  # 66 DialEnd ANSWER
+        [sub("101", 1, "102", "MojaCentrala 102")],  # 66 DialEnd ANSWER
         [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 99-118
         [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],
     ],
@@ -113,10 +116,10 @@ EXPECTED: dict[str, list[list[Item]]] = {
     "originate_filtered": [
         [sub("101", 8, "102", "Dial 102"), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],
         [sub("101", 1, "102", "Dial 102"), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],
-        [sub("101", 32, "102", "Dial 102"), ext("101", 32)],  # 24 DialBegin
+        [sub("101", 32, "102", "Dial 102")],  # 24 DialBegin
         [sub("101", 32, "102", "MojaCentrala 102")],  # 25 NewConnectedLine
-        [sub("102", 2, "102", "Dial 102"), ext("102", 2), qm("102", "3", "0", "0", AGENT2)],
-        [sub("101", 1, "102", "MojaCentrala 102"), ext("101", 1)],  # 33 DialEnd
+        [sub("102", 2), ext("102", 2), qm("102", "3", "0", "0", AGENT2)],  # 26-29
+        [sub("101", 1, "102", "MojaCentrala 102")],  # 33 DialEnd
         [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 42-45
         [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],  # 48-51
     ],
@@ -127,7 +130,7 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [sub("103", 32, "500", "")],  # 19 Newchannel in state Ring, dialled 500
         [sub("103", 1, "500", ""), ext("103", 1)],  # 24-27 answered by the dialplan
         [queue("1")],  # 39 QueueCallerJoin
-        [sub("103", 32, "500", ""), ext("103", 32)],  # waiting in the queue
+        [sub("103", 32, "500", "")],  # waiting in the queue (Asterisk: still InUse)
         # 43-46 QueueStatus repeats what is known: nothing.
         [qm("101", "1", "0", "0", AGENT1, "")],  # 56 unpaused
         [sub("101", 8, "103", "MojaCentrala 103"), ext("101", 8)],  # 62-66
@@ -136,7 +139,7 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [sub("103", 32, "101", "MojaCentrala 101")],  # 72 DialEnd, 73 still queued
         [qm("101", "2", "0", "0", AGENT1)],  # 89, 95
         [queue("0")],  # 91 QueueCallerLeave (when the agent answers)
-        [sub("103", 1, "101", "MojaCentrala 101"), ext("103", 1)],
+        [sub("103", 1, "101", "MojaCentrala 101")],
         # 106-108 QueueStatus again: nothing new.
         [sub("103", 0), ext("103", 0)],  # 141, 148, 151
         [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 149-154
@@ -170,9 +173,9 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [sub("101", 8, "104", "Dial 104"), ext("101", 8), qm("101", "6", "1", "0", AGENT1)],
         [sub("101", 1, "104", "Dial 104"), ext("101", 1)],  # 76, 77
         [qm("101", "2", "1", "0", AGENT1)],  # 84
-        [sub("101", 32, "104", "MojaCentrala 104"), ext("101", 32)],  # 108, 111
-        [sub("104", 8, "104", "Dial 104"), ext("104", 8)],  # 109, 110
-        [sub("101", 1, "104", "MojaCentrala 104"), ext("101", 1)],  # 125 NOANSWER
+        [sub("101", 32, "104", "MojaCentrala 104")],  # 108, 111
+        [sub("104", 8), ext("104", 8)],  # 109, 110: "Dial 104" <104> is itself
+        [sub("101", 1, "104", "MojaCentrala 104")],  # 125 NOANSWER
         [sub("104", 0), ext("104", 0)],  # 136
         [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 138-144
         # e3, e4 (105 unregistered), e6 (no such exten), e7 (bad tech): no channels.
@@ -314,19 +317,10 @@ def test_shared_queue_and_room_never_show_another_tenant() -> None:
             ("CallerIDName", "Intruz"),
         )
     )
-    # A hint of an endpoint no tenant has, in a context that looks like LAB's: dropped.
-    translator.feed(
-        msg(
-            ("Event", "ExtensionStatus"),
-            ("Exten", "301"),
-            ("Context", "MojaCentrala"),
-            ("Hint", "PJSIP/ObcaCentrala-301"),
-            ("Status", "0"),
-        )
-    )
     # A queue nobody owns: its caller count goes nowhere.
     translator.feed(msg(("Event", "QueueParams"), ("Queue", "Cudza"), ("Calls", "3")))
     assert translator.flush() == []
+    assert translator.dropped == {"QueueMemberStatus": 1, "ConfbridgeJoin": 1, "QueueParams": 1}
     # A dynamic member of InnaCentrala in a queue nobody lists, via a Local interface.
     translator.feed(
         msg(
@@ -353,6 +347,43 @@ def test_shared_queue_and_room_never_show_another_tenant() -> None:
         "m_name": "Ola",
         "m_location": "Local/201@InnaCentrala/n",
     }
+
+
+def hint(exten: str, context: str, device: str, status: str) -> AmiMessage:
+    return msg(
+        ("Event", "ExtensionStatus"),
+        ("Exten", exten),
+        ("Context", context),
+        ("Hint", device),
+        ("Status", status),
+        ("StatusText", "whatever"),
+    )
+
+
+def test_a_hint_belongs_to_its_context_not_to_the_device_it_watches() -> None:
+    """Two PBXes on one Asterisk: `exten => 777,hint,PJSIP/MojaCentrala-104` in context
+    `Druga` (InnaCentrala's) is InnaCentrala's extension 777; it says nothing to
+    MojaCentrala, whose 104 is published from its own device state and hint only."""
+    inna = TenantRule("InnaCentrala", contexts=frozenset({"Druga"}))
+    translator = Translator(TenantMap([LAB, inna]))
+    translator.feed(hint("777", "Druga", "PJSIP/MojaCentrala-104", "1"))
+    batches = translator.flush()
+    assert [(pbx, [(e.event_type, e.payload()) for e in events]) for pbx, events in batches] == [
+        ("InnaCentrala", [ext("777", 1)])
+    ]
+    # MojaCentrala's own hint of 104 is unaffected by the other context's.
+    translator.feed(hint("104", "MojaCentrala", "PJSIP/MojaCentrala-104", "0"))
+    assert items(translator.flush()) == [[sub("104", 0), ext("104", 0)]]
+    translator.feed(hint("777", "Druga", "PJSIP/MojaCentrala-104", "8"))
+    ((pbx, events),) = translator.flush()
+    assert pbx == "InnaCentrala" and [e.payload() for e in events] == [ext("777", 8)[1]]
+    # A hint in MojaCentrala's context of an endpoint no tenant has: MojaCentrala's 301.
+    translator.feed(hint("301", "MojaCentrala", "PJSIP/ObcaCentrala-301", "0"))
+    assert items(translator.flush()) == [[ext("301", 0)]]
+    # A context of no PBX: dropped, counted.
+    translator.feed(hint("104", "Obca", "PJSIP/MojaCentrala-104", "1"))
+    assert translator.flush() == []
+    assert translator.dropped == {"ExtensionStatus": 1}
 
 
 def test_longest_prefix_wins() -> None:
@@ -394,7 +425,7 @@ def test_custom_endpoint_prefix_keeps_the_contract_peer_name() -> None:
 # -- states the lab did not produce ----------------------------------------------------
 
 
-def test_hint_bitmasks_and_hold() -> None:
+def test_hint_bitmasks_and_hold_events() -> None:
     translator = Translator(TenantMap([LAB]))
 
     def status(bits: str) -> list[list[Item]]:
@@ -423,10 +454,12 @@ def test_hint_bitmasks_and_hold() -> None:
     assert status("1") == [[sub("101", 1), ext("101", 1)]]
     translator.feed(msg(("Event", "Newchannel"), *snapshot))
     assert items(translator.flush()) == [[sub("101", 1, "48600100200", "Klient")]]
+    # 101 presses hold: Asterisk raises `Hold` on 101's channel and changes no state of
+    # 101's; nothing is published for it.
     translator.feed(msg(("Event", "Hold"), *snapshot))
-    assert items(translator.flush()) == [[sub("101", 16, "48600100200", "Klient"), ext("101", 16)]]
+    assert items(translator.flush()) == []
     translator.feed(msg(("Event", "Unhold"), *snapshot))
-    assert items(translator.flush()) == [[sub("101", 1, "48600100200", "Klient"), ext("101", 1)]]
+    assert items(translator.flush()) == []
 
 
 def test_startup_listing_of_a_call_in_progress() -> None:
