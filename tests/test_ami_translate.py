@@ -517,3 +517,261 @@ def test_removed_member_and_unknown_events() -> None:
     # Gone: the same status again is news (a new member), not a repeat.
     translator.feed(msg(("Event", "QueueMemberStatus"), *member))
     assert len(translator.flush()) == 1
+
+
+# -- hand-written sequences: hold, two calls, busy, /dial -----------------------------------
+#
+# What the lab has not recorded yet, written after Asterisk's documented and observed
+# behaviour: the channel snapshot of every channel event (ASTERISK.md "What the AMI stream
+# looks like"); chan_pjsip's indicate(AST_CONTROL_HOLD) calls ast_devstate_changed(ONHOLD,
+# "PJSIP/<endpoint>") for the channel that *receives* the hold — the held party — while
+# `Hold`/`Unhold` are raised on the channel whose phone pressed hold; a Dial to a phone
+# that answers 486 creates its leg in state Down and ends `DialEnd DialStatus: BUSY`.
+
+STATE_DESC = {0: "Down", 4: "Ring", 5: "Ringing", 6: "Up"}
+
+
+def chan(
+    event: str,
+    ext: str,
+    counter: int,
+    state: int,
+    connected: tuple[str, str] = ("<unknown>", "<unknown>"),
+    exten: str = "s",
+    *extra: tuple[str, str],
+) -> AmiMessage:
+    """An event on `PJSIP/MojaCentrala-<ext>-<counter>` (uniqueid `1795900000.<counter>`)."""
+    return msg(
+        ("Event", event),
+        ("Channel", f"PJSIP/MojaCentrala-{ext}-{counter:08x}"),
+        ("ChannelState", str(state)),
+        ("ChannelStateDesc", STATE_DESC[state]),
+        ("CallerIDNum", ext),
+        ("CallerIDName", f"MojaCentrala {ext}"),
+        ("ConnectedLineNum", connected[0]),
+        ("ConnectedLineName", connected[1]),
+        ("Context", "MojaCentrala"),
+        ("Exten", exten),
+        ("Uniqueid", f"1795900000.{counter}"),
+        ("Linkedid", "1795900000.0"),
+        *extra,
+    )
+
+
+def dial(event: str, caller: AmiMessage, dest: AmiMessage, status: str = "") -> AmiMessage:
+    """`DialBegin`/`DialEnd`: the caller's snapshot plus the dest's with the Dest prefix."""
+    headers = [(k, v) for k, v in caller.headers if k != "Event"]
+    headers += [("Dest" + k, v) for k, v in dest.headers if k != "Event"]
+    if status:
+        headers.append(("DialStatus", status))
+    return msg(("Event", event), *headers)
+
+
+def device(ext: str, state: str, status: int) -> list[AmiMessage]:
+    """One device change: `DeviceStateChange` and the hint's `ExtensionStatus`."""
+    return [
+        msg(
+            ("Event", "DeviceStateChange"),
+            ("Device", f"PJSIP/MojaCentrala-{ext}"),
+            ("State", state),
+        ),
+        hint(ext, "MojaCentrala", f"PJSIP/MojaCentrala-{ext}", str(status)),
+    ]
+
+
+def bridge(event: str, channel: AmiMessage, bridge_id: str) -> AmiMessage:
+    headers = [(k, v) for k, v in channel.headers if k != "Event"]
+    return msg(("Event", event), ("BridgeUniqueid", bridge_id), *headers)
+
+
+def run_steps(translator: Translator, *steps: list[AmiMessage]) -> list[list[list[Item]]]:
+    """Each step is one flush window; its batches."""
+    out = []
+    for step in steps:
+        for one in step:
+            translator.feed(one)
+        out.append(items(translator.flush()))
+    return out
+
+
+def talking(translator: Translator, a: str, b: str, ca: int, cb: int, bridge_id: str) -> None:
+    """`a` called `b`, `b` answered: two Up channels in one bridge, both devices INUSE."""
+    leg_a = chan("Newchannel", a, ca, 6, (b, f"MojaCentrala {b}"), b)
+    leg_b = chan("Newchannel", b, cb, 6, (a, f"MojaCentrala {a}"), b)
+    run_steps(
+        translator,
+        [leg_a, leg_b, *device(a, "INUSE", 1), *device(b, "INUSE", 1)],
+        [bridge("BridgeEnter", leg_a, bridge_id), bridge("BridgeEnter", leg_b, bridge_id)],
+    )
+
+
+def test_hold_is_on_the_held_party_as_asterisk_says() -> None:
+    translator = Translator(TenantMap([LAB]))
+    talking(translator, "101", "102", 0x10, 0x11, "b1")
+    holder = chan("Hold", "101", 0x10, 6, ("102", "MojaCentrala 102"), "102")
+    held = run_steps(
+        translator,
+        [holder],  # 101 pressed hold: no state of 101's changes
+        device("102", "ONHOLD", 16),  # chan_pjsip: the held party's device
+    )
+    assert held == [[], [[sub("102", 16, "101", "MojaCentrala 101"), ext("102", 16)]]]
+    resumed = run_steps(
+        translator,
+        [chan("Unhold", "101", 0x10, 6, ("102", "MojaCentrala 102"), "102")],
+        device("102", "INUSE", 1),
+    )
+    assert resumed == [[], [[sub("102", 1, "101", "MojaCentrala 101"), ext("102", 1)]]]
+    # The other side: 102 presses hold, 101 is the held one.
+    other = run_steps(
+        translator,
+        [chan("Hold", "102", 0x11, 6, ("101", "MojaCentrala 101"), "102")],
+        device("101", "ONHOLD", 16),
+    )
+    assert other == [[], [[sub("101", 16, "102", "MojaCentrala 102"), ext("101", 16)]]]
+
+
+def test_with_two_calls_the_party_is_the_active_one() -> None:
+    translator = Translator(TenantMap([LAB]))
+    talking(translator, "101", "102", 0x10, 0x11, "b1")
+    ch1 = ("102", "MojaCentrala 102")
+    # 101 holds 102, then calls 103 on a second line.
+    out = run_steps(
+        translator,
+        [chan("Hold", "101", 0x10, 6, ch1, "102"), *device("102", "ONHOLD", 16)],
+        [chan("Newchannel", "101", 0x12, 4, exten="103")],
+        [chan("Newstate", "101", 0x12, 6, ("103", "MojaCentrala 103"), "103")],
+    )
+    assert out == [
+        [[sub("102", 16, "101", "MojaCentrala 101"), ext("102", 16)]],
+        [[sub("101", 32, "103", "")]],  # dialled 103, not answered: 32
+        [[sub("101", 1, "103", "MojaCentrala 103")]],
+    ]
+    # Swap: 101 holds 103 and resumes 102 — the older channel is now the active call.
+    leg_103 = chan("Newchannel", "103", 0x13, 6, ("101", "MojaCentrala 101"), "103")
+    out = run_steps(
+        translator,
+        [leg_103, *device("103", "INUSE", 1)],
+        [
+            bridge("BridgeEnter", leg_103, "b2"),
+            bridge("BridgeEnter", chan("X", "101", 0x12, 6, ("103", "MojaCentrala 103")), "b2"),
+        ],
+        [
+            chan("Hold", "101", 0x12, 6, ("103", "MojaCentrala 103"), "103"),
+            chan("Unhold", "101", 0x10, 6, ch1, "102"),
+            *device("103", "ONHOLD", 16),
+            *device("102", "INUSE", 1),
+        ],
+    )
+    assert out == [
+        [[sub("103", 1, "101", "MojaCentrala 101"), ext("103", 1)]],
+        [],
+        [
+            [sub("101", 1, "102", "MojaCentrala 102")],
+            [sub("103", 16, "101", "MojaCentrala 101"), ext("103", 16)],
+            [sub("102", 1, "101", "MojaCentrala 101"), ext("102", 1)],
+        ],
+    ]
+    # 102 hangs up: 101's only call is the held one with 103, Asterisk still says INUSE.
+    out = run_steps(
+        translator,
+        [chan("Hangup", "102", 0x11, 6, ("101", "MojaCentrala 101"), "102")],
+        [chan("Hangup", "101", 0x10, 6, ch1, "102"), *device("102", "NOT_INUSE", 0)],
+    )
+    assert out == [[], [[sub("101", 1, "103", "MojaCentrala 103")], [sub("102", 0), ext("102", 0)]]]
+
+
+def test_a_busy_callee_never_shows_the_caller_and_the_caller_never_itself() -> None:
+    """102 talks to the echo test (700); our /dial 101→102 (CallerID "MojaCentrala 101"
+    <101>, echoed as 101's connected line) gets 486 Busy Here from 102's phone."""
+    translator = Translator(TenantMap([LAB]))
+    translator.expect_originate("PJSIP/MojaCentrala-101", "102")
+    echo = chan("Newchannel", "102", 0x20, 4, exten="700")
+    setup = run_steps(
+        translator,
+        [echo, *device("102", "INUSE", 1)],
+        [chan("Newstate", "102", 0x20, 6, exten="700")],
+    )
+    assert setup == [[[sub("102", 32, "700", ""), ext("102", 1)]], [[sub("102", 1, "700", "")]]]
+    me = ("101", "MojaCentrala 101")
+    a_leg = chan("Newchannel", "101", 0x21, 0)
+    b_leg = chan("Newchannel", "102", 0x22, 0, me, "102")
+    out = run_steps(
+        translator,
+        [a_leg, chan("NewConnectedLine", "101", 0x21, 0, me)],  # Down: no call yet
+        [chan("Newstate", "101", 0x21, 5, me), *device("101", "RINGING", 8)],
+        [chan("Newstate", "101", 0x21, 6, me), *device("101", "INUSE", 1)],
+        [b_leg, dial("DialBegin", chan("X", "101", 0x21, 6, me, "102"), b_leg)],
+        [chan("NewConnectedLine", "101", 0x21, 6, ("102", "MojaCentrala 102"), "102")],
+        [dial("DialEnd", chan("X", "101", 0x21, 6, me, "102"), b_leg, "BUSY")],
+        [chan("Hangup", "102", 0x22, 0, me, "102")],
+        [chan("Hangup", "101", 0x21, 6, ("102", "MojaCentrala 102"), "102")],
+        device("101", "NOT_INUSE", 0),
+    )
+    assert out == [
+        [],
+        [[sub("101", 8, "102", ""), ext("101", 8)]],  # the party being called, not 101
+        [[sub("101", 1, "102", ""), ext("101", 1)]],
+        [[sub("101", 32, "102", "")]],  # 102's Down leg: 102 keeps its echo call
+        [[sub("101", 32, "102", "MojaCentrala 102")]],
+        [[sub("101", 1, "102", "MojaCentrala 102")]],
+        [],  # the rejected leg goes: 102 never showed 101
+        [],  # 101's channel is gone, its device state follows
+        [[sub("101", 0), ext("101", 0)]],
+    ]
+
+
+def test_a_refused_dial_leaves_no_expected_party() -> None:
+    translator = Translator(TenantMap([LAB]))
+    translator.expect_originate("PJSIP/MojaCentrala-101", "102")
+    translator.cancel_originate("PJSIP/MojaCentrala-101", "102")
+    me = ("101", "MojaCentrala 101")
+    out = run_steps(
+        translator,
+        [chan("Newchannel", "101", 0x30, 0), chan("Newstate", "101", 0x30, 5, me)],
+        device("101", "RINGING", 8),
+    )
+    assert out == [[], [[sub("101", 8), ext("101", 8)]]]
+
+
+def test_a_lost_registration_is_unavailable_once() -> None:
+    """`register_lost` as ASTERISK.md describes it: 17 s of nothing, then the qualify
+    timeout's four events; after the restart NonQualified, Removed, Reachable, Idle."""
+    translator = Translator(TenantMap([LAB]))
+    peer = ("Peer", "PJSIP/MojaCentrala-103")
+    lost = [
+        hint("103", "MojaCentrala", "PJSIP/MojaCentrala-103", "4"),
+        msg(("Event", "PeerStatus"), ("ChannelType", "PJSIP"), peer, ("PeerStatus", "Unreachable")),
+        msg(
+            ("Event", "DeviceStateChange"),
+            ("Device", "PJSIP/MojaCentrala-103"),
+            ("State", "UNAVAILABLE"),
+        ),
+        msg(
+            ("Event", "ContactStatus"),
+            ("AOR", "MojaCentrala-103"),
+            ("ContactStatus", "Unreachable"),
+        ),
+    ]
+    back = [
+        msg(
+            ("Event", "ContactStatus"),
+            ("AOR", "MojaCentrala-103"),
+            ("ContactStatus", "NonQualified"),
+        ),
+        msg(("Event", "ContactStatus"), ("AOR", "MojaCentrala-103"), ("ContactStatus", "Removed")),
+        msg(("Event", "PeerStatus"), ("ChannelType", "PJSIP"), peer, ("PeerStatus", "Reachable")),
+        hint("103", "MojaCentrala", "PJSIP/MojaCentrala-103", "0"),
+        msg(
+            ("Event", "DeviceStateChange"),
+            ("Device", "PJSIP/MojaCentrala-103"),
+            ("State", "NOT_INUSE"),
+        ),
+        msg(
+            ("Event", "ContactStatus"), ("AOR", "MojaCentrala-103"), ("ContactStatus", "Reachable")
+        ),
+    ]
+    assert run_steps(translator, lost, back) == [
+        [[sub("103", 4), ext("103", 4)]],
+        [[sub("103", 0), ext("103", 0)]],
+    ]
+    assert translator.device_state("PJSIP/MojaCentrala-103") == 0

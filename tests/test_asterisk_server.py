@@ -239,14 +239,16 @@ async def test_healthz_reports_the_backend_without_naming_tenants(tmp_path: Path
                 healthy = await client.get("/healthz")
                 assert healthy.status_code == 200
                 assert healthy.json()["status"] == "ok"
-                assert healthy.json()["backends"] == [{"backend": "asterisk", "status": "ok"}]
+                assert healthy.json()["backends"] == [{"backend": "asterisk", "status": "ok", "dropped": 0}]
                 await fake.stop_listening()
                 await until(lambda: backend.health()["status"] != "ok", seconds=5)
                 degraded = await client.get("/healthz")
             # Stored data is still served: degraded, not unavailable.
             assert degraded.status_code == 200
             assert degraded.json()["status"] == "degraded"
-            assert degraded.json()["backends"] == [{"backend": "asterisk", "status": "degraded"}]
+            assert degraded.json()["backends"] == [
+                {"backend": "asterisk", "status": "degraded", "dropped": 0}
+            ]
             assert PBX not in degraded.text and str(fake.port) not in degraded.text
     finally:
         await fake.close()

@@ -259,6 +259,10 @@ class Translator:
         if peer is not None:
             self.calls.cancel_originate(peer, number)
 
+    def note_dropped(self, msg: AmiMessage) -> None:
+        """Another consumer (the CDR converter) found no PBX for `msg`: count it here."""
+        self._drop(msg)
+
     def _drop(self, msg: AmiMessage) -> None:
         """`msg` names an endpoint, context, queue or room of no PBX: count it, once."""
         if msg is self._last_dropped:
