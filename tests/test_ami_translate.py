@@ -7,14 +7,19 @@ batch is "the changes of that millisecond, per phone / queue / room". Comments n
 transcript lines (0-based line numbers of the .jsonl) each batch comes from.
 
 Lab facts behind some values: `MojaCentrala-102` has `device_state_busy_at=1` (Busy, not
-Ringing, while it rings); the Originate `CallerID: Dial 102 <102>` becomes both the
-caller id of 101's leg and the connected line 102's phone shows; phone 104 never
-answers; 105 is not registered.
+Ringing, while it rings, and Busy — not On Hold — while it is held); the Originate
+`CallerID: Dial 102 <102>` becomes both the caller id of 101's leg and the connected line
+102's phone shows; phone 104 never answers; 105 is not registered.
+
+The harness also does what the backend does when it sends an `Originate` (the transcript's
+own actions, `"dir": "out"`): it tells the translator which number cpa's leg is for
+(`expect_originate`), and forgets it on `Response: Error` or `OriginateResponse`.
 """
 
 from __future__ import annotations
 
 import random
+from itertools import groupby
 from typing import Any
 
 import pytest
@@ -23,7 +28,7 @@ from cloudpbx.adapters.asterisk.framing import AmiMessage, AmiParser
 from cloudpbx.adapters.asterisk.tenancy import TenantMap, TenantRule
 from cloudpbx.adapters.asterisk.translate import Batch, Translator
 from cloudpbx.domain.events import group_into_texts
-from tests.ami_data import SCENARIOS, bursts, received
+from tests.ami_data import ALL_SCENARIOS, received, rows
 
 PBX = "MojaCentrala"
 LAB = TenantRule(PBX, queues=frozenset({"Kolejka1"}), conferences=frozenset({"SesjaRady"}))
@@ -90,6 +95,71 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [queue("0")],
         [qm("101", "1", "0", "0", AGENT1)],
         [qm("102", "1", "0", "0", AGENT2)],
+    ],
+    # 103's phone is killed; 17 s later qualify notices (ExtensionStatus 4 first, then
+    # DeviceStateChange UNAVAILABLE, 8-13); it starts again and registers (22, 23).
+    "register_lost": [
+        [sub("103", 4), ext("103", 4)],
+        [sub("103", 0), ext("103", 0)],
+    ],
+    # /dial 101 -> 102 (CallerID "MojaCentrala 101" <101>, echoed as 101's connected
+    # line: 101 shows the party it calls, 102); 101 presses hold (78) and resumes (87).
+    # Asterisk changes no state on hold here: 101 pressed it, and 102 has
+    # device_state_busy_at=1, so it stays Busy (ExtensionState 2 at 83). Nothing is
+    # published for the hold.
+    "hold_holder": [
+        [sub("101", 8, "102", ""), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],  # 13-17
+        # 18-60, one millisecond: 101 answered (Asterisk: InUse) and already dials 102
+        # (32); 102's leg rings with 101 as its party.
+        [
+            sub("101", 32, "102", "MojaCentrala 102"),
+            ext("101", 1),
+            qm("101", "2", "0", "0", AGENT1),
+        ],
+        [
+            sub("102", 2, "101", "MojaCentrala 101"),
+            ext("102", 2),
+            qm("102", "3", "0", "0", AGENT2),
+        ],
+        [sub("101", 1, "102", "MojaCentrala 102")],  # 61, 65 DialEnd ANSWER
+        # 78 Hold, 87 Unhold: nothing.
+        [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 127-131
+        [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],  # 132-136
+    ],
+    # The same call; 102 presses hold (74): Asterisk marks the held 101 ONHOLD — its
+    # ExtensionStatus 16 (78), then QueueMemberStatus 8 and DeviceStateChange ONHOLD
+    # 1 ms later (81, 82) — and back to 1 on Unhold (97-99).
+    "hold_held": [
+        [sub("101", 8, "102", ""), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],  # 12-17
+        [sub("101", 1, "102", ""), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],  # 18-29
+        # 48-60: 102's NewConnectedLine (48) comes before 101's DialBegin (50).
+        [
+            sub("102", 2, "101", "MojaCentrala 101"),
+            ext("102", 2),
+            qm("102", "3", "0", "0", AGENT2),
+        ],
+        [sub("101", 32, "102", "MojaCentrala 102")],
+        [sub("101", 1, "102", "MojaCentrala 102")],  # 61, 65
+        [sub("101", 16, "102", "MojaCentrala 102"), ext("101", 16)],  # 74, 78
+        [qm("101", "8", "0", "0", AGENT1)],  # 81, 82 (the device state agrees)
+        [sub("101", 1, "102", "MojaCentrala 102"), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],
+        [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 128-138
+        [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],  # 145-149
+    ],
+    # 102 talks to the echo test (700); /dial 101 -> 102 gets 486 Busy Here. 102's
+    # rejected leg (61-73, never beyond Down) never makes 101 its party.
+    "busy": [
+        [sub("102", 32, "700", "")],  # 10 Newchannel in state Ring, no device state yet
+        [sub("102", 2, "700", ""), ext("102", 2), qm("102", "3", "0", "0", AGENT2)],  # 15-19
+        # 23-28: 101's leg is Down and its state unknown: nothing yet.
+        [sub("101", 8, "102", ""), ext("101", 8), qm("101", "6", "0", "0", AGENT1)],  # 29-34
+        [sub("101", 1, "102", ""), ext("101", 1), qm("101", "2", "0", "0", AGENT1)],  # 35-46
+        # 61-65 102's new leg is Down: 102 keeps its echo call.
+        # 67-70 DialBegin, NewConnectedLine 102, DialEnd BUSY in one millisecond.
+        [sub("101", 1, "102", "MojaCentrala 102")],
+        # 84 Hangup of 101's leg; its device state follows 1 ms later (86-88).
+        [sub("101", 0), ext("101", 0), qm("101", "1", "0", "0", AGENT1)],
+        [sub("102", 0), ext("102", 0), qm("102", "1", "0", "0", AGENT2)],  # 102-105
     ],
     # 103 un-REGISTERs (PeerStatus and ContactStatus are not used: the device state
     # says the same within the millisecond), then REGISTERs again.
@@ -179,8 +249,9 @@ EXPECTED: dict[str, list[list[Item]]] = {
         [sub("104", 0), ext("104", 0)],  # 136
         [sub("101", 0), ext("101", 0), qm("101", "1", "1", "0", AGENT1)],  # 138-144
         # e3, e4 (105 unregistered), e6 (no such exten), e7 (bad tech): no channels.
-        # e5: Originate 104 alone, rings 6 s with no caller id, never answered.
-        [sub("104", 8, "", ""), ext("104", 8)],  # 160, 161
+        # e5: Originate 104 alone (Exten 101), rings 6 s with no caller id, never
+        # answered: its party is the number the /dial is for.
+        [sub("104", 8, "101", ""), ext("104", 8)],  # 160, 161
         [sub("104", 0), ext("104", 0)],  # 172 Hangup, then 175, 176
     ],
 }
@@ -191,30 +262,67 @@ def items(batches: list[Batch]) -> list[list[Item]]:
     return [[(e.event_type, e.payload()) for e in events] for _, events in batches]
 
 
-def run_bursts(translator: Translator, chunks: list[bytes]) -> list[Batch]:
+Step = tuple[list[AmiMessage], bytes]
+"""Actions we sent, then what Asterisk sent, in one millisecond."""
+
+
+def steps(scenario: str) -> list[Step]:
+    """The transcript cut where the receive time changes (one read from the socket per
+    millisecond), each with the actions sent in that millisecond."""
+    out: list[Step] = []
+    for _, group in groupby(rows(scenario), key=lambda row: row["t"]):
+        actions: list[AmiMessage] = []
+        chunk = b""
+        for row in group:
+            raw = str(row["raw"]).encode("utf-8")
+            if row["dir"] == "out":
+                actions.extend(AmiParser().feed(raw))
+            else:
+                chunk += raw
+        out.append((actions, chunk))
+    return out
+
+
+def run_steps_of(translator: Translator, scenario_steps: list[Step]) -> list[Batch]:
+    """Feed and flush step by step, doing for each Originate what the backend does."""
     parser = AmiParser()
+    originates: dict[str, tuple[str, str]] = {}
     out: list[Batch] = []
-    for chunk in chunks:
+    for actions, chunk in scenario_steps:
+        for action in actions:
+            if action.value("Action").lower() == "originate":
+                dial = (action.value("Channel"), action.value("Exten"))
+                originates[action.value("ActionID")] = dial
+                translator.expect_originate(*dial)
         for msg in parser.feed(chunk):
+            dial_done = originates.get(msg.action_id or "")
+            if dial_done is not None and (
+                msg.event == "OriginateResponse" or msg.value("Response") == "Error"
+            ):
+                translator.cancel_originate(*dial_done)
             translator.feed(msg)
         out.extend(translator.flush())
     return out
 
 
+def run_bursts(translator: Translator, chunks: list[bytes]) -> list[Batch]:
+    return run_steps_of(translator, [([], chunk) for chunk in chunks])
+
+
 def test_every_transcript_has_expectations() -> None:
-    assert set(EXPECTED) == set(SCENARIOS)
+    assert set(EXPECTED) == set(ALL_SCENARIOS)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_transcript_translates_to_the_expected_events(scenario: str) -> None:
-    batches = run_bursts(Translator(TenantMap([LAB])), bursts(scenario))
+    batches = run_steps_of(Translator(TenantMap([LAB])), steps(scenario))
     assert items(batches) == EXPECTED[scenario]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_each_batch_is_one_message(scenario: str) -> None:
     """A batch of a phone holds one event per type, so it travels as one `text`."""
-    for _, events in run_bursts(Translator(TenantMap([LAB])), bursts(scenario)):
+    for _, events in run_steps_of(Translator(TenantMap([LAB])), steps(scenario)):
         assert len(group_into_texts(events)) == 1
 
 
@@ -230,10 +338,10 @@ def last_states(batches: list[Batch]) -> dict[tuple[str, str], dict[str, Any]]:
     return state
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_final_state_does_not_depend_on_how_often_we_flush(scenario: str) -> None:
     data = received(scenario)
-    expected = last_states(run_bursts(Translator(TenantMap([LAB])), bursts(scenario)))
+    expected = last_states(run_steps_of(Translator(TenantMap([LAB])), steps(scenario)))
     rng = random.Random(scenario)
     for _ in range(3):
         cuts = sorted(rng.sample(range(1, len(data)), 40))
@@ -247,33 +355,44 @@ def test_final_state_does_not_depend_on_how_often_we_flush(scenario: str) -> Non
 # -- tenancy -------------------------------------------------------------------------------
 
 
-def renamed(chunks: list[bytes], pbx: str, epoch: str) -> list[bytes]:
-    """The same calls on another tenant: endpoints, contexts, queue, room and uniqueids."""
-    out = []
-    for chunk in chunks:
-        chunk = chunk.replace(b"MojaCentrala", pbx.encode())
-        chunk = chunk.replace(b"Kolejka1", f"{pbx}-Kolejka".encode())
-        chunk = chunk.replace(b"SesjaRady", f"{pbx}-Sala".encode())
-        out.append(chunk.replace(b"17958", epoch.encode()))
-    return out
+def renamed(scenario_steps: list[Step], pbx: str, digit: str) -> list[Step]:
+    """The same calls on another tenant: endpoints, contexts, queue, room and uniqueids
+    (`1795…`/`1796…` → `<digit>795…`/`<digit>796…`)."""
+
+    def rename(data: bytes) -> bytes:
+        data = data.replace(b"MojaCentrala", pbx.encode())
+        data = data.replace(b"Kolejka1", f"{pbx}-Kolejka".encode())
+        data = data.replace(b"SesjaRady", f"{pbx}-Sala".encode())
+        for epoch in (b"1795", b"1796"):
+            data = data.replace(epoch, digit.encode() + epoch[1:])
+        return data
+
+    return [
+        ([AmiMessage(AmiParser().feed(rename(encode(a)))[0]) for a in actions], rename(chunk))
+        for actions, chunk in scenario_steps
+    ]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+def encode(action: AmiMessage) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in action.headers).encode() + b"\r\n"
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_events_of_unknown_tenants_are_dropped(scenario: str) -> None:
     translator = Translator(TenantMap.of("InnaCentrala", "Moja"))
-    assert run_bursts(translator, bursts(scenario)) == []
+    assert run_steps_of(translator, steps(scenario)) == []
     translator = Translator(TenantMap([LAB]))
-    assert run_bursts(translator, renamed(bursts(scenario), "ObcaCentrala", "27958")) == []
+    assert run_steps_of(translator, renamed(steps(scenario), "ObcaCentrala", "2")) == []
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_interleaved_tenants_each_get_only_their_own(scenario: str) -> None:
     tenants = TenantMap([LAB, TenantRule("InnaCentrala")])
-    own = bursts(scenario)
-    other = renamed(own, "InnaCentrala", "37958")
-    stranger = renamed(own, "ObcaCentrala", "47958")
+    own = steps(scenario)
+    other = renamed(own, "InnaCentrala", "3")
+    stranger = renamed(own, "ObcaCentrala", "4")
     chunks = [c for trio in zip(own, other, stranger, strict=True) for c in trio]
-    batches = run_bursts(Translator(tenants), chunks)
+    batches = run_steps_of(Translator(tenants), chunks)
     mine = [(pbx, events) for pbx, events in batches if pbx == PBX]
     theirs = [(pbx, events) for pbx, events in batches if pbx != PBX]
     assert items(mine) == EXPECTED[scenario]

@@ -440,6 +440,11 @@ class _Server:
         if dial is None:
             return
         pbx, cpa, cpb = dial
+        device = self.device_for(pbx, cpa)
+        if device is not None:
+            # The leg, if any, exists by now (Newchannel comes first): no later channel
+            # of cpa is this call's.
+            self.translator.cancel_originate(device, cpb)
         reason = msg.value("Reason")
         log.info(
             "dial %s %s→%s (%s): %s, reason %s (%s), channel %s, uniqueid %s",
