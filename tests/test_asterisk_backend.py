@@ -668,6 +668,24 @@ def csv_rows(*scenarios: str) -> str:
     return "".join((DATA / f"{s}.cdr.csv").read_text() for s in scenarios)
 
 
+async def test_a_busy_dial_gives_the_two_rows_asterisk_writes(
+    fake: FakeAmi, tmp_path: Path
+) -> None:
+    """Decision (docs/asterisk.md): /cdr passes both rows of one uniqueid, as Master.csv."""
+    running = await run(config(server(fake.port)), tmp_path)
+    try:
+        await fake.replay("busy", speed=20)
+        await until(lambda: len(running.sink.rows) == 3)
+        dial = [r for _, r in running.sink.rows if r.dst == "102"]
+        assert [(r.disposition, r.lastapp, r.billsec) for r in dial] == [
+            (Disposition.BUSY, "Dial", 0),
+            (Disposition.ANSWERED, "Hangup", 0),
+        ]
+        assert dial[0].uniqueid == dial[1].uniqueid == "1796481019.5"
+    finally:
+        await running.backend.stop()
+
+
 async def test_master_csv_catch_up_imports_each_row_once(fake: FakeAmi, tmp_path: Path) -> None:
     master = tmp_path / "cdr-csv" / "Master.csv"
     master.parent.mkdir()
