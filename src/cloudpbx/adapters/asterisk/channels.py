@@ -150,9 +150,6 @@ class CallTracker:
                 held = party
         return held
 
-    def peer_channels(self, peer: Peer) -> list[Channel]:
-        return list(self._by_peer.get(peer, {}).values())
-
     # -- updates ---------------------------------------------------------------------------
 
     def expect_originate(self, peer: Peer, number: str) -> None:

@@ -49,8 +49,8 @@ Values (decisions, see docs/asterisk.md "Events: what Asterisk says"):
   before a held one), present while the device is not Idle/Unavailable (a leg being set
   up on an idle phone is no call);
 * when a device's last channel hangs up while its state still says In Use/Busy/Ringing/
-  On Hold, nothing is published until the device state catches up (`Hangup` comes up to
-  a few ms before `DeviceStateChange`), so a call ends in one change, not via a
+  On Hold, its `subscriber` waits until the device state catches up (`Hangup` comes up
+  to a few ms before `DeviceStateChange`), so a call ends in one change, not via a
   call-less "In Use";
 * `PeerStatus` and `ContactStatus` are not used: `DeviceStateChange` reports the same
   registration changes within a millisecond, and using both would split one change;
