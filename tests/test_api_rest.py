@@ -762,6 +762,7 @@ async def test_dial_without_backend_is_action_error(pbxes: Pbxes) -> None:
         ({"cpa": "101", "cpb": "abc"}, "cpb", "invalid_cpb"),
         ({"cpa": "101", "cpb": "600 100 200"}, "cpb", "invalid_cpb"),
         ({"cpa": "101", "cpb": "1" * 33}, "cpb", "invalid_cpb"),
+        ({"cpa": "104", "cpb": "104"}, "cpb", "same_number"),
     ],
 )
 async def test_dial_bad_parameters_are_400(

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from pydantic import BaseModel, Field
 from starlette.responses import PlainTextResponse, Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
 from cloudpbx.api.responses import CLIENT_ERRORS, ErrorBody, OrjsonResponse
-from cloudpbx.domain.errors import BadRequest
+from cloudpbx.api.routes.params import DIAL_PARAMETERS, check_dial
 from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-# ASCII digits only: `\d` would also match other scripts' digits, which are no extension.
-_EXTENSION = re.compile(r"[0-9]{1,10}")
-_DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
 
 
 class SmsResponse(BaseModel):
@@ -41,35 +36,23 @@ PARAMETER_MISSING = "Parameter is missing"
     summary="Call cpa, then connect it to cpb",
     # A class without a media type: the answers below are text, its errors JSON.
     response_class=Response,
+    openapi_extra={"parameters": DIAL_PARAMETERS},
     responses={
         **CLIENT_ERRORS,
         200: {"content": {"text/plain": {"example": "OK"}}},
         500: {"content": {"text/plain": {"example": ACTION_ERROR}}},
     },
 )
-async def dial(
-    tenant: TenantDep, runtime: RuntimeDep, cpa: str | None = None, cpb: str | None = None
-) -> Response:
+async def dial(request: Request, tenant: TenantDep, runtime: RuntimeDep) -> Response:
     """`OK` once the PBX accepted the call, `Action Error` (500) when it did not.
 
+    A missing or malformed number, or cpb equal to cpa, is a 400 naming the problem.
     Not accepted also covers a cpa the backend already knows cannot ring (Asterisk
     reports its device unavailable: not registered or unreachable), rather than an `OK`
     that fails a millisecond later (docs/asterisk.md, "/dial").
     The `X-Originate-Id` header names the attempt, for matching the PBX's logs.
     """
-    for name, value in (("cpa", cpa), ("cpb", cpb)):
-        if value is None or value == "":
-            raise BadRequest(f"{name} is required", code="missing_parameter")
-    assert cpa is not None and cpb is not None
-    if not _EXTENSION.fullmatch(cpa):
-        raise BadRequest(
-            f"cpa must be an extension number (digits), got {cpa!r}", code="invalid_cpa"
-        )
-    if not _DIALABLE.fullmatch(cpb):
-        raise BadRequest(
-            f"cpb must be a dialable number (digits, *, #, leading +), got {cpb!r}",
-            code="invalid_cpb",
-        )
+    cpa, cpb = check_dial(request.query_params.get("cpa"), request.query_params.get("cpb"))
     backend = runtime.backend_for(tenant)
     if backend is None:
         log.warning("dial on %s refused: no PBX backend serves it", tenant.name)
