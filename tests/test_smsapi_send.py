@@ -66,23 +66,24 @@ def rig_settings(
     fake: FakeSmsapi,
     *,
     callbacks: bool = True,
-    poll: bool = True,
+    poll: bool | None = True,
     token: str | None = None,
     **overrides: Any,
 ) -> Any:
+    """Settings for a server on the fake; `poll=None` leaves the account's default."""
     token_file = folder / "smsapi.token"
     token_file.write_text((token or fake.token) + "\n")
+    account: dict[str, Any] = {
+        "api_url": fake.url,
+        "token_file": str(token_file),
+        "sender": SENDER,
+        "callbacks": callbacks,
+    }
+    if poll is not None:
+        account["poll"] = poll
     values: dict[str, Any] = {
         "sms_gateway": "none",
-        "smsapi": {
-            ACCOUNT: {
-                "api_url": fake.url,
-                "token_file": str(token_file),
-                "sender": SENDER,
-                "callbacks": callbacks,
-                "poll": poll,
-            }
-        },
+        "smsapi": {ACCOUNT: account},
         "sms_submit_timeout": 0.5,
         "sms_retry_base": 0.05,
         "sms_retry_max": 0.2,
