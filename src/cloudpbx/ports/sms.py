@@ -99,7 +99,11 @@ class SmsStatusSink(Protocol):
 
 class SmsGateway(Protocol):
     """Sends SMS; later status changes go to the sink given to `start`, or come back
-    through `query` (when `polls`) and the callback endpoint."""
+    through `query` (when `polls`) and the callback endpoint.
+
+    Optional attributes the service reads when present: `poll_interval` (seconds between
+    lookups of one message, instead of `sms_poll_interval`), `kind` (its name in
+    /healthz) and `alert` (an operator's problem, e.g. a refused callback URL)."""
 
     @property
     def polls(self) -> bool:
