@@ -227,6 +227,7 @@ async def test_healthz(server: LiveServer, authorization: str | None) -> None:
         "version": __version__,
         "database": "ok",
         "backends": [],
+        "sms": [{"gateway": "simulator", "status": "ok"}],
     }
 
 

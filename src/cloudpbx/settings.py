@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     sms_retry_base: float = Field(2.0, gt=0, description="First retry delay (doubles)")
     sms_retry_max: float = Field(300.0, gt=0, description="Longest retry delay")
     sms_retry_deadline: float = Field(3600.0, gt=0, description="Seconds to keep retrying")
-    sms_poll_interval: float = Field(120.0, gt=0, description="Seconds between status queries")
+    sms_poll_interval: float = Field(
+        3600.0, gt=0, description="Seconds between status lookups of an SMSAPI message"
+    )
     sms_report_max_age: float = Field(
         259_200.0, gt=0, description="Seconds without a final status before UNKNOWN"
     )

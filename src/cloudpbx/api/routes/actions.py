@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from cloudpbx.api.auth import RuntimeDep, TenantDep
 from cloudpbx.api.responses import CLIENT_ERRORS, ErrorBody, OrjsonResponse
 from cloudpbx.api.routes.params import DIAL_PARAMETERS, check_dial
-from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
+from cloudpbx.domain.sms import body_problem, is_test_flag, normalize_recipient
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -28,6 +28,8 @@ class SmsResponse(BaseModel):
 
 ACTION_ERROR = "Action Error"
 PARAMETER_MISSING = "Parameter is missing"
+# Every 400 of /sendSMS keeps the documented body and names the problem in this header.
+ERROR_DETAIL = "X-Error-Detail"
 
 
 @router.get(
@@ -76,8 +78,15 @@ async def dial(request: Request, tenant: TenantDep, runtime: RuntimeDep) -> Resp
         **CLIENT_ERRORS,
         200: {"model": SmsResponse},
         400: {
-            "description": "`to` or `body` missing or invalid",
+            "description": "`to` or `body` missing or invalid (a body longer than 6 SMS "
+            "parts, 918 GSM-7 or 402 UCS-2 characters, is invalid); nothing is stored",
             "content": {"text/plain": {"example": PARAMETER_MISSING}},
+            "headers": {
+                ERROR_DETAIL: {
+                    "description": "What is wrong, e.g. the body's length and the limit",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         403: {"model": ErrorBody, "description": "The PBX has no SMS gateway"},
         500: {"model": SmsResponse, "description": "Gateway failure: responseErrorMessage"},
@@ -90,9 +99,28 @@ async def send_sms(
     body: Annotated[str | None, Form()] = None,
     test: Annotated[str | None, Form()] = None,
 ) -> Response:
+    """The documented 400 body `Parameter is missing` answers every missing or invalid
+    field, a too long body included (clients compare it); the `X-Error-Detail` header
+    says which field and why, e.g. the body's parts and the 6-part limit."""
     runtime.sms.gateway_for(tenant)
-    recipient = normalize_recipient(to) if to else None
-    if recipient is None or not body or len(body) > MAX_BODY:
-        return PlainTextResponse(PARAMETER_MISSING, status_code=400)
+    problem = _sms_problem(to, body)
+    if problem is not None:
+        return PlainTextResponse(
+            PARAMETER_MISSING, status_code=400, headers={ERROR_DETAIL: problem}
+        )
+    recipient = normalize_recipient(to or "")
+    assert recipient is not None and body is not None
     outcome = await runtime.sms.send(tenant, recipient, body, is_test_flag(test))
     return OrjsonResponse(outcome.body(), status_code=500 if outcome.error else 200)
+
+
+def _sms_problem(to: str | None, body: str | None) -> str | None:
+    """What is wrong with /sendSMS's fields, in words that never repeat the values (they
+    go into a header)."""
+    if not to:
+        return "to is missing"
+    if normalize_recipient(to) is None:
+        return "to must be a nine-digit mobile number, optionally after 48 or +48"
+    if body is None:
+        return "body is missing"
+    return body_problem(body)

@@ -24,6 +24,7 @@ router = APIRouter()
             '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
         },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
+        # (200 `degraded` also when a backend is down or an SMS account is held.)
     },
 )
 async def healthz(runtime: RuntimeDep) -> Response:
@@ -38,14 +39,18 @@ async def healthz(runtime: RuntimeDep) -> Response:
     except Exception as exc:  # the check must answer, whatever the driver raised
         database = f"error: {type(exc).__name__}"
     backends = [_backend_status(backend) for backend in runtime.backends]
+    # SMS gateways by kind: `held` (an account error, e.g. no credit: its messages wait)
+    # or `alert` (e.g. SMSAPI refused our callback URL) make the answer `degraded`.
+    sms = runtime.sms.health()
     ok = database == "ok"
-    healthy = ok and all(item["status"] == "ok" for item in backends)
+    healthy = ok and all(item["status"] == "ok" for item in [*backends, *sms])
     return OrjsonResponse(
         {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
             "database": database,
             "backends": backends,
+            "sms": sms,
         },
         status_code=200 if ok else 503,
     )
