@@ -6,7 +6,7 @@ reach the log for every connection, accepted or refused. The redaction is instal
 the log-record factory rather than as a handler filter: it then covers every handler,
 also those an operator adds with `--log-config` and those added after start-up, and it
 rewrites the message arguments in place so that formatters reading `record.args` by
-position (uvicorn's access formatter) keep working. Tracebacks are formatted once and
+position (uvicorn's access formatter) keep working where they can. Tracebacks are formatted once and
 redacted too (`exc_text`), since exception messages may carry the request URL.
 """
 
@@ -56,18 +56,40 @@ def _redact_arg(value: object) -> object:
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """Rewrite `record` in place: message, arguments, traceback and stack text."""
-    if isinstance(record.msg, str):
-        record.msg = redact(record.msg)
-    if isinstance(record.args, tuple):
-        record.args = tuple(_redact_arg(arg) for arg in record.args)
-    elif isinstance(record.args, dict):
-        record.args = {key: _redact_arg(value) for key, value in record.args.items()}
+    """Rewrite `record` in place: message, traceback and stack text.
+
+    A secret may only appear once the message is formatted (`"pbxkey=%s", key`), so the
+    formatted message is what is checked. Where redacting the arguments one by one is
+    enough, the template and the argument tuple are kept (uvicorn's access formatter
+    reads them by position); otherwise the record carries the redacted text alone.
+    """
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: logging reports it, with nothing to redact
+        message = None
+    if message is not None and redact(message) != message:
+        args = _redacted_args(record.args)
+        try:
+            formatted = str(record.msg) % args if args else str(record.msg)
+        except (TypeError, ValueError, KeyError):
+            formatted = message
+        if isinstance(record.msg, str) and redact(formatted) == formatted:
+            record.args = args
+        else:
+            record.msg, record.args = redact(message), ()
     if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
         record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
     return record
+
+
+def _redacted_args(args: Any) -> Any:
+    if isinstance(args, tuple):
+        return tuple(_redact_arg(arg) for arg in args)
+    if isinstance(args, dict):
+        return {key: _redact_arg(value) for key, value in args.items()}
+    return args
 
 
 _installed: list[Callable[..., logging.LogRecord]] = []
