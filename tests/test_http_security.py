@@ -106,6 +106,23 @@ async def test_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
         assert answer.startswith(b"HTTP/1.1 200")  # and then the server closed it
 
 
+async def test_head_deadline_spares_kept_alive_connections_between_requests(
+    tmp_path: Path,
+) -> None:
+    async with serve(tmp_path, http_head_timeout=1.0, http_keep_alive_timeout=30) as (server, _):
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            for _ in range(2):  # idle longer than the head deadline in between: kept alive
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), 10)
+                await asyncio.sleep(2.5)
+        finally:
+            writer.close()
+
+
 async def test_slow_loris_is_shed_while_normal_requests_are_served(tmp_path: Path) -> None:
     async with serve(tmp_path, http_head_timeout=2.0) as (server, _):
         sockets = [await asyncio.open_connection(HOST, server.port) for _ in range(300)]
@@ -188,8 +205,13 @@ async def test_body_limits_per_endpoint(tmp_path: Path) -> None:
 async def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> None:
     async with serve(tmp_path, auth_fail_limit=3, auth_fail_window=60) as (server, tenants):
         async with server.client("cpbx_wrong-key-guess-000") as guesser:
-            codes = [(await guesser.get("/cdr")).status_code for _ in range(3)]
-            assert codes == [401, 401, 401]
+            codes = [(await guesser.get("/cdr")).status_code for _ in range(2)]
+            assert codes == [401, 401]
+            # A refused WebSocket upgrade is a failed authentication too.
+            channel = f"{server.ws_url}/ws/pbx_{tenants.a_name}"
+            with pytest.raises(InvalidStatus) as wrong:
+                await websockets.connect(f"{channel}?pbxkey=cpbx_wrong", open_timeout=10)
+            assert wrong.value.response.status_code == 401
             refused = await guesser.get("/cdr")
         assert refused.status_code == 429
         assert 1 <= int(refused.headers["retry-after"]) <= 20
