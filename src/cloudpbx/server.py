@@ -92,6 +92,7 @@ async def attach_backends(runtime: Runtime) -> None:
 
 async def serve(settings: Settings) -> None:
     """Migrate, attach backends, serve until interrupted."""
+    install_log_redaction()  # before anything logs; uvicorn_config installs it for embedders
     runtime = build_runtime(settings)
     await runtime.migrate()
     await attach_backends(runtime)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 LINGER = 2.0
@@ -43,16 +44,12 @@ class HeadLimits:
     head_timeout: float
 
 
-_REASONS = {431: b"Request Header Fields Too Large"}
-
-
-def refusal(status: int, message: str) -> bytes:
-    """A complete HTTP/1.1 answer with a JSON error that closes the connection."""
-    code = b"header_too_large"
-    body = b'{"error":"' + message.encode() + b'","code":"' + code + b'"}'
+def header_refusal(message: str) -> bytes:
+    """A complete 431 answer, with the API's JSON error shape, that closes the connection."""
+    body = orjson.dumps({"error": message, "code": "header_too_large"})
     return b"".join(
         [
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n\r\n",
@@ -146,7 +143,7 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, message: str) -> None:
         self._cancel_deadline()
-        self.transport.write(refusal(431, message))
+        self.transport.write(header_refusal(message))
         self.linger()
 
     def linger(self) -> None:
