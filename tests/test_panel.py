@@ -3,8 +3,18 @@ Content-Security-Policy needs (no inline script, style or handler; nothing from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
 
 from cloudpbx.panel import STATIC
 from tests.conftest import Tenants
@@ -64,7 +74,7 @@ async def test_panel_assets_are_local_modules_with_their_types(
             answer = await client.get(f"/panel/{name}")
             assert answer.status_code == 200, name
             assert "content-security-policy" in answer.headers
-            expected = {".js": "javascript", ".css": "text/css", ".html": "text/html"}
+            expected = {".js": "javascript", ".css": "css", ".html": "html", ".svg": "svg+xml"}
             assert expected[name[name.rindex(".") :]] in answer.headers["content-type"]
             # Offline: nothing is fetched from another host (no CDN, no web fonts).
             assert not re.search(r"""(src|href|import)[^\n]*["'](https?:)?//""", answer.text)
@@ -79,3 +89,31 @@ async def test_panel_is_not_part_of_the_api_schema(live: tuple[LiveServer, Tenan
     async with server.client() as client:
         schema = (await client.get("/openapi.json")).json()
     assert not [path for path in schema["paths"] if path.startswith("/panel")]
+
+
+async def test_the_demo_serves_the_panel_and_prints_its_address(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cloudpbx = Path(sys.executable).with_name("cloudpbx")
+    command = [str(cloudpbx), "demo", "--port", str(port), "--data", str(tmp_path), "--rate", "0"]
+    process = subprocess.Popen(  # noqa: ASYNC220 - the server must outlive this call
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            async with asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        page = await client.get("/panel/")
+                        break
+                    await asyncio.sleep(0.1)
+        assert page.status_code == 200 and 'id="login-key"' in page.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    assert f"http://127.0.0.1:{port}/panel/?pbx=MojaCentrala" in output

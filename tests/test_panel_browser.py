@@ -40,7 +40,9 @@ DESKTOP = {"width": 1280, "height": 1000}
 # Every lamp change the page makes, with the page's clock: [{exten, status, party, at}].
 WATCH_LAMPS = """() => {
   const last = {};
-  for (const lamp of document.querySelectorAll('.lamp')) last[lamp.dataset.exten] = lamp.dataset.status;
+  for (const lamp of document.querySelectorAll('.lamp')) {
+    last[lamp.dataset.exten] = lamp.dataset.status;
+  }
   window.lampChanges = [];
   new MutationObserver(() => {
     for (const lamp of document.querySelectorAll('.lamp')) {
@@ -57,7 +59,8 @@ PAGE_STATE = """() => ({
   lastId: document.body.dataset.lastId,
   lamps: [...document.querySelectorAll('.lamp')].map(l =>
     [l.dataset.exten, l.dataset.status, l.querySelector('.party').textContent]),
-  queues: [...document.querySelectorAll('#queue-rows tr')].map(r => [r.dataset.queue, r.dataset.calls]),
+  queues: [...document.querySelectorAll('#queue-rows tr')].map(r =>
+    [r.dataset.queue, r.dataset.calls]),
   agents: [...document.querySelectorAll('#agent-rows tr')].map(r => r.textContent),
   conferences: [...document.querySelectorAll('.conference')].map(c => c.textContent),
   sms: [...document.querySelectorAll('#sms-feed li')].map(li => li.textContent),
@@ -309,4 +312,3 @@ async def test_a_wrong_key_or_pbx_shows_a_clear_error(panel: Panel) -> None:
     )
     await expect(other.locator("#panel")).to_be_hidden()
     await other.context.close()
-

@@ -61,4 +61,3 @@ def panel_routes() -> list[Route | Mount]:
     """`/panel` → `/panel/` (index.html) and the page's assets under it."""
     files = _WithHeaders(StaticFiles(directory=STATIC, html=True))
     return [Route("/panel", _to_index, methods=["GET", "HEAD"]), Mount("/panel", app=files)]
-
