@@ -135,6 +135,7 @@ async function openCall(row, hasRecording, hasTranscription) {
   const api = session.api;
   const audio = $("detail-audio");
   $("call-detail").hidden = false;
+  for (const line of $("call-rows").children) line.classList.toggle("selected", line.dataset.uniqueid === row.uniqueid);
   $("detail-title").textContent = `${row.calldate} · ${row.src} → ${row.dst}`;
   $("detail-summary").textContent = hasTranscription ? t("loading") : t("noTranscript");
   $("detail-content").textContent = "";

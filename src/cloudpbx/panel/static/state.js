@@ -12,7 +12,7 @@ export function createState(pbx) {
     queues: new Map(), // name → {name, calls, arrivals: [ms, ...] oldest first}
     agents: new Map(), // "queue\u0000peer" → {queue, peer, name, status, paused, reason, callsTaken, membership}
     conferences: new Map(), // name → Map(channel → {name, number})
-    sms: new Map(), // MsgId → {id, to, status, since}
+    sms: new Map(), // MsgId → {id, to, status, eventId: id of its latest message}
     events: [], // newest first: {id, text}
   };
 }
@@ -24,7 +24,7 @@ export function applyMessage(state, message, now) {
   const text = message.text && typeof message.text === "object" ? message.text : {};
   for (const [type, event] of Object.entries(text)) {
     const apply = HANDLERS[type];
-    if (apply && event && typeof event === "object") apply(state, event, now);
+    if (apply && event && typeof event === "object") apply(state, event, now, message.id);
   }
   state.events.unshift({ id: message.id, text: JSON.stringify(text) });
   state.events.length = Math.min(state.events.length, EVENT_LOG_SIZE);
@@ -86,17 +86,11 @@ const HANDLERS = {
     else members.set(channel, { name: String(event.callerIDName ?? ""), number: String(event.callerIDNum ?? "") });
     state.conferences.set(conference, members);
   },
-  smsSendResponse(state, event, now) {
+  smsSendResponse(state, event, _now, eventId) {
     const id = String(event.MsgId ?? "");
     if (!id) return;
     const known = state.sms.get(id);
-    const status = String(event.status ?? "");
-    state.sms.set(id, {
-      id,
-      to: String(event.to ?? known?.to ?? ""),
-      status,
-      since: known && known.status === status ? known.since : now,
-    });
+    state.sms.set(id, { id, to: String(event.to ?? known?.to ?? ""), status: String(event.status ?? ""), eventId });
   },
 };
 

@@ -22,6 +22,11 @@ function duration(ms) {
   return `${minutes}:${String(seconds % 60).padStart(2, "0")}`;
 }
 
+/** "Name 102", or just the number when the PBX knows no other name for it. */
+function partyText(party) {
+  return party.name && party.name !== party.number ? `${party.name} ${party.number}` : party.number;
+}
+
 export function renderAll(state, now) {
   renderExtensions(state);
   renderQueues(state, now);
@@ -36,7 +41,7 @@ export function renderAll(state, now) {
 function renderExtensions(state) {
   const items = sortedExtensions(state).map((ext) => {
     const label = extensionLabel(ext.status);
-    const party = ext.party ? `${ext.party.name} ${ext.party.number}`.trim() : "";
+    const party = ext.party ? partyText(ext.party) : "";
     const idle = ext.status === 0;
     const button = el(
       "button",
@@ -102,7 +107,7 @@ function renderConferences(state) {
   const blocks = [...state.conferences.entries()]
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([name, members]) => {
-      const list = [...members.values()].map((m) => el("li", {}, `${m.name} ${m.number}`.trim()));
+      const list = [...members.values()].map((m) => el("li", {}, partyText(m)));
       return el(
         "div",
         { className: "conference", dataset: { conference: name, members: String(members.size) } },
@@ -115,7 +120,8 @@ function renderConferences(state) {
 
 function renderSms(state) {
   const items = [...state.sms.values()]
-    .sort((a, b) => b.since - a.since || b.id.localeCompare(a.id))
+    // Newest change first, by event id: the same order on every page, however loaded.
+    .sort((a, b) => b.eventId - a.eventId)
     .slice(0, 20)
     .map((sms) =>
       el(
