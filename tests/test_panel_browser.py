@@ -312,3 +312,65 @@ async def test_a_wrong_key_or_pbx_shows_a_clear_error(panel: Panel) -> None:
     )
     await expect(other.locator("#panel")).to_be_hidden()
     await other.context.close()
+
+
+# Folds crafted messages with the page's own state.js, as the stream would deliver them.
+FOLD = """async (pbx) => {
+  const { applyMessage, createState, sortedExtensions } = await import('/panel/state.js');
+  const state = createState(pbx);
+  const fold = (id, text, now) => applyMessage(state, {id, channel: 'pbx_' + pbx, text}, now);
+  const applied = [
+    fold(5, {subscriber: {peer: pbx + '-101', statusValue: 1, connectPeerNumber: '102',
+                          connectPeerName: 'Jan'},
+             extstatus: {exten: '101', status: 1},
+             qmember: {peer: pbx + '-101', queue: 'Q', m_status: '2', m_ct: '3',
+                       m_mbshp: 'static', m_paused: '1', m_reason: 'Lunch', m_name: 'Anna',
+                       m_location: 'SIP/' + pbx + '-101'},
+             queue: {peer: 'Q', calls: '2'},
+             cmember: {channel: 'SIP/x-1', action: 'add', conference: 'R',
+                       callerIDName: 'Ola', callerIDNum: '103'},
+             smsSendResponse: {MsgId: '77', to: '48600100200', status: 'SENT'}}, 1000),
+    fold(5, {extstatus: {exten: '101', status: 0}}, 2000),
+    fold(6, {subscriber: {peer: 'Other-109', statusValue: 8}}, 3000),
+    fold(7, {qmember: {peer: pbx + '-101', queue: 'Q', m_status: '1', m_ct: '4',
+                       m_mbshp: 'static', m_paused: '1', m_name: 'Anna',
+                       m_location: 'SIP/' + pbx + '-101'},
+             queue: {peer: 'Q', calls: '1'}}, 4000),
+    fold(8, {extstatus: {exten: '101', status: 1}, queue: {peer: 'Q', calls: '3'}}, 5000),
+  ];
+  const afterPause = {...state.agents.get('Q\\u0000' + pbx + '-101')};
+  fold(9, {qmember: {peer: pbx + '-101', queue: 'Q', m_status: '1', m_ct: '4',
+                     m_mbshp: 'static', m_paused: '0', m_name: 'Anna',
+                     m_location: 'SIP/' + pbx + '-101'},
+           cmember: {channel: 'SIP/x-1', action: 'remove', conference: 'R',
+                     callerIDName: 'Ola', callerIDNum: '103'}}, 6000);
+  return {applied, afterPause, lastId: state.lastId,
+          extensions: sortedExtensions(state),
+          queue: state.queues.get('Q'),
+          agent: state.agents.get('Q\\u0000' + pbx + '-101'),
+          room: [...state.conferences.get('R').values()],
+          sms: [...state.sms.values()], events: state.events.map(e => e.id)};
+}"""
+
+
+async def test_the_page_folds_every_event_type_of_a_message(panel: Panel) -> None:
+    context = await panel.browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{panel.url}/panel/")
+    folded = await page.evaluate(FOLD, DEMO_PBX)
+    await context.close()
+    # One message with six event types: all applied; an old id is not applied again.
+    assert folded["applied"] == [True, False, True, True, True]
+    assert folded["lastId"] == 9 and folded["events"] == [9, 8, 7, 6, 5]
+    # Another PBX's peer is ignored; the party stays while extstatus says in use.
+    assert folded["extensions"] == [
+        {"exten": "101", "status": 1, "party": {"number": "102", "name": "Jan"}, "since": 1000}
+    ]
+    # The pause reason survives a qmember without m_reason, and goes with the pause.
+    assert folded["afterPause"]["reason"] == "Lunch" and folded["afterPause"]["paused"]
+    assert folded["agent"]["reason"] == "" and not folded["agent"]["paused"]
+    assert folded["agent"]["callsTaken"] == 4 and folded["agent"]["name"] == "Anna"
+    # Callers leave in order: 2 came at 1000, one left, two more came at 5000.
+    assert folded["queue"]["calls"] == 3 and folded["queue"]["arrivals"] == [1000, 5000, 5000]
+    assert folded["room"] == []
+    assert folded["sms"] == [{"id": "77", "to": "48600100200", "status": "SENT", "eventId": 5}]
