@@ -374,3 +374,24 @@ async def test_the_page_folds_every_event_type_of_a_message(panel: Panel) -> Non
     assert folded["queue"]["calls"] == 3 and folded["queue"]["arrivals"] == [1000, 5000, 5000]
     assert folded["room"] == []
     assert folded["sms"] == [{"id": "77", "to": "48600100200", "status": "SENT", "eventId": 5}]
+
+
+async def test_todays_calls_play_a_recording_beside_its_transcription(panel: Panel) -> None:
+    page = await panel.open()
+    async with panel.server.client(KEY) as client:
+        rows = (await client.get("/cdr")).json()
+    first = next(r for r in rows if (r["src"], r["dst"]) == ("101", "102"))
+    row = page.locator(f'#call-rows tr[data-uniqueid="{first["uniqueid"]}"]')
+    await expect(row).to_contain_text("ANSWERED")
+    await row.get_by_role("button").click()
+    # Fetched with the key, played from memory: the browser decodes the WAV's length.
+    await page.wait_for_function(
+        """() => { const a = document.getElementById('detail-audio');
+                   return a.src.startsWith('blob:') && a.readyState >= 1 && a.duration > 0; }""",
+        timeout=WAIT_MS,
+    )
+    await expect(page.locator("#detail-content")).not_to_be_empty()
+    await expect(page.locator("#detail-summary")).not_to_be_empty()
+    await expect(row).to_have_class("selected")
+    await _shoot(page, "call-with-transcription")
+    await page.context.close()
