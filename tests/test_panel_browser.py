@@ -239,6 +239,8 @@ async def test_a_dial_from_the_page_rings_the_right_extensions(panel: Panel) -> 
         await expect(page.locator("#notice")).to_contain_text("accepted the call")
         changes = await _watch_until_idle(ws, {"101", "103"})
     assert [c[:2] for c in changes if c[1] == 8][:2] == [("101", 8), ("103", 8)]
+    # The keyboard user is still on 101: lamps change in place, focus is not lost.
+    await expect(lamp).to_be_focused()
     await expect(page.locator('.lamp[data-exten="103"]')).to_have_attribute(
         "data-status", "0", timeout=WAIT_MS
     )

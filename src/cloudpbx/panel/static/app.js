@@ -128,6 +128,11 @@ async function showCalls(rows) {
   if (!session || session.api !== api) return;
   const recorded = new Set(records.map((r) => r.uniqueid));
   const transcribed = new Set(transcriptions.map((r) => r.uniqueid));
+  // CDR rows are written once, at the end of a call: same ids, same table. Not redrawing
+  // it then keeps the keyboard focus on a Play button.
+  const signature = [rows.length, rows.at(-1)?.uniqueid, recorded.size, transcribed.size, currentLanguage()].join();
+  if (signature === session.callsSignature) return;
+  session.callsSignature = signature;
   renderCalls(rows, recorded, transcribed, (row) => openCall(row, recorded.has(row.uniqueid), transcribed.has(row.uniqueid)));
 }
 

@@ -38,29 +38,37 @@ export function renderAll(state, now) {
   document.body.dataset.lastId = String(state.lastId);
 }
 
+/** Lamps are updated in place, keyed by extension, so a focused lamp keeps the focus. */
 function renderExtensions(state) {
+  const list = $("lamps");
+  const existing = new Map([...list.children].map((item) => [item.firstChild.dataset.exten, item]));
   const items = sortedExtensions(state).map((ext) => {
-    const label = extensionLabel(ext.status);
-    const party = ext.party ? partyText(ext.party) : "";
-    const idle = ext.status === 0;
-    const button = el(
-      "button",
-      {
-        type: "button",
-        className: "lamp",
-        dataset: { exten: ext.exten, status: String(ext.status), since: String(ext.since) },
-        ariaLabel: [ext.exten, label, party].filter(Boolean).join(", "),
-      },
-      el("span", { className: "exten" }, ext.exten),
-      el("span", { className: "label" }, label),
-      el("span", { className: "party" }, party || "\u00a0"),
-      el("span", { className: "since" }, t("since", { time: clock(ext.since) })),
-    );
-    button.setAttribute("aria-disabled", String(!idle));
-    return el("li", {}, button);
+    const item = existing.get(ext.exten) ?? newLamp();
+    updateLamp(item.firstChild, ext);
+    return item;
   });
-  $("lamps").replaceChildren(...items);
+  items.forEach((item, index) => {
+    if (list.children[index] !== item) list.insertBefore(item, list.children[index] ?? null);
+  });
   $("lamps-empty").hidden = items.length > 0;
+}
+
+function newLamp() {
+  const parts = ["exten", "label", "party", "since"].map((name) => el("span", { className: name }));
+  return el("li", {}, el("button", { type: "button", className: "lamp" }, ...parts));
+}
+
+function updateLamp(button, ext) {
+  const label = extensionLabel(ext.status);
+  const party = ext.party ? partyText(ext.party) : "";
+  Object.assign(button.dataset, { exten: ext.exten, status: String(ext.status), since: String(ext.since) });
+  button.setAttribute("aria-disabled", String(ext.status !== 0));
+  button.setAttribute("aria-label", [ext.exten, label, party].filter(Boolean).join(", "));
+  const [exten, labelNode, partyNode, since] = button.children;
+  exten.textContent = ext.exten;
+  labelNode.textContent = label;
+  partyNode.textContent = party || "\u00a0";
+  since.textContent = t("since", { time: clock(ext.since) });
 }
 
 function renderQueues(state, now) {
