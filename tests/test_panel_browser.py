@@ -397,3 +397,20 @@ async def test_todays_calls_play_a_recording_beside_its_transcription(panel: Pan
     await expect(row).to_have_class("selected")
     await _shoot(page, "call-with-transcription")
     await page.context.close()
+
+
+async def test_every_label_exists_in_polish_and_english(panel: Panel) -> None:
+    context = await panel.browser.new_context(locale="pl-PL")
+    page = await context.new_page()
+    await page.goto(f"{panel.url}/panel/")
+    labels = """() => [...document.querySelectorAll('[data-i18n]')]
+        .map(n => [n.dataset.i18n, n.textContent])"""
+    polish = dict(await page.evaluate(labels))
+    assert polish["connect"] == "Połącz"  # the browser's language picks Polish
+    await page.select_option("#lang", "en")
+    english = dict(await page.evaluate(labels))
+    await context.close()
+    assert english["connect"] == "Connect"
+    assert all(text and text != key for key, text in [*polish.items(), *english.items()])
+    same = {key for key in polish if polish[key] == english[key]}
+    assert same == {"sms", "agent"}  # the same words in both languages
