@@ -245,6 +245,19 @@ async def test_a_dial_from_the_page_rings_the_right_extensions(panel: Panel) -> 
         "data-status", "0", timeout=WAIT_MS
     )
 
+    # An extension the history has never shown can still call, through "New call…".
+    await expect(page.locator('.lamp[data-exten="107"]')).to_have_count(0)
+    async with connect(panel.stream_url()) as ws:
+        await page.click("#dial-new")
+        await page.fill("#dial-from", "107")
+        await page.fill("#dial-number", "108")
+        await page.click("#dial-submit")
+        await expect(page.locator("#notice")).to_contain_text("107 rings, then 108")
+        await _watch_until_idle(ws, {"107", "108"})
+    await expect(page.locator('.lamp[data-exten="107"]')).to_have_attribute(
+        "data-status", "0", timeout=WAIT_MS
+    )
+
     # A test SMS from the page: the answer, then its delivery on the stream.
     await page.fill("#sms-to", "600100200")
     await page.fill("#sms-body", "Test z panelu")

@@ -166,24 +166,27 @@ async function openCall(row, hasRecording, hasTranscription) {
 
 // -- actions ---------------------------------------------------------------------------
 
+/** The dial dialog, from a lamp (`exten`) or empty: an extension the history has not
+ * shown yet (one that never changed) can still place a call. */
 function openDial(exten) {
-  const known = session.state.extensions.get(exten);
-  if (!known || known.status !== 0) {
-    notice(t("dialBusy", { exten }), "error");
-    return;
+  if (exten) {
+    const known = session.state.extensions.get(exten);
+    if (!known || known.status !== 0) {
+      notice(t("dialBusy", { exten }), "error");
+      return;
+    }
   }
-  const dialog = $("dial-dialog");
-  dialog.dataset.exten = exten;
-  $("dial-title").textContent = t("dialTitle", { exten });
+  $("dial-title").textContent = exten ? t("dialTitle", { exten }) : t("dialNew");
+  $("dial-from").value = exten;
   $("dial-error").textContent = "";
   $("dial-number").value = "";
-  dialog.showModal();
-  $("dial-number").focus();
+  $("dial-dialog").showModal();
+  (exten ? $("dial-number") : $("dial-from")).focus();
 }
 
 async function dial(event) {
   event.preventDefault();
-  const cpa = $("dial-dialog").dataset.exten;
+  const cpa = $("dial-from").value.trim();
   const cpb = $("dial-number").value.trim();
   const query = new URLSearchParams({ cpa, cpb });
   $("dial-submit").disabled = true;
@@ -260,6 +263,7 @@ function init() {
     const lamp = event.target.closest(".lamp");
     if (lamp && session) openDial(lamp.dataset.exten);
   });
+  $("dial-new").addEventListener("click", () => openDial(""));
   $("dial-form").addEventListener("submit", dial);
   $("dial-cancel").addEventListener("click", () => $("dial-dialog").close());
   $("sms-form").addEventListener("submit", sendSms);
