@@ -16,6 +16,7 @@ from cloudpbx.api.errors import install_error_handlers
 from cloudpbx.api.routes import actions, calls, health, sms_callbacks
 from cloudpbx.api.security_headers import SecurityHeadersMiddleware
 from cloudpbx.api.throttle import AuthThrottle, AuthThrottleMiddleware
+from cloudpbx.panel import panel_routes
 from cloudpbx.runtime import Runtime
 from cloudpbx.settings import Settings
 
@@ -60,6 +61,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.router.routes.append(ws.route)
     app.include_router(sms_callbacks.router)
+    app.router.routes.extend(panel_routes())
     install_middleware(app, runtime.settings)
     return app
 

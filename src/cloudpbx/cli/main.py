@@ -117,6 +117,7 @@ def demo(
     console.print(f"  API key:   [green]{demo.key}[/green]")
     console.print(f"  WebSocket: {ws}/ws/pbx_{DEMO_PBX}?pbxkey={demo.key}")
     console.print(f"  API docs:  {base}/docs")
+    console.print(f"  Panel:     {base}/panel/?pbx={DEMO_PBX}  (log in with the API key)")
     console.print(f"  try:       curl {auth} {base}/cdr")
     console.print(
         f"             curl {auth} '{base}/dial?cpa=101&cpb=200'  (101 is kept for /dial)"
