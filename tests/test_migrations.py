@@ -21,7 +21,7 @@ from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.migrate import alembic_config, downgrade, schema_differences, upgrade
 from cloudpbx.storage.tables import metadata
 
-HEAD = "0003_jobs"
+HEAD = "0004_cdr_rendered"
 
 
 @pytest.fixture

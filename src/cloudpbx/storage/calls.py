@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Select, Table, Text, cast, func, insert, select
+import orjson
+from sqlalchemy import Select, Table, func, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
@@ -20,10 +24,18 @@ from cloudpbx.storage.tenants import Tenant, utcnow
 
 @dataclass(frozen=True, slots=True)
 class PageQuery:
-    """The two statements behind a list endpoint: the JSON array and the total count."""
+    """The two statements behind a list endpoint: the JSON array and the total count
+    (for `/cdr`: the fingerprint, and the fingerprint with the page)."""
 
-    body: Select[str]
-    count: Select[int]
+    body: Select[*tuple[Any, ...]]
+    count: Select[*tuple[Any, ...]]
+
+
+def _page_tag(key: Hashable, fingerprint: Fingerprint) -> str:
+    """A strong validator of a /cdr page: its rows are exactly those of the fingerprint
+    (append-only ids, never reused), so the tag changes whenever the bytes can."""
+    text = repr((key, fingerprint)).encode("utf-8")
+    return hashlib.blake2b(text, digest_size=12, person=b"cdr-page-v1").hexdigest()
 
 
 def _utc_naive(moment: datetime) -> datetime:
@@ -31,10 +43,9 @@ def _utc_naive(moment: datetime) -> datetime:
 
 
 def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
-    """The `cdr` table row of a record: times in UTC for ranges, `calldate` in the PBX zone."""
-    return {
-        "pbx_id": tenant.id,
-        "started_at": _utc_naive(record.started_at),
+    """The `cdr` table row of a record: times in UTC for ranges, `calldate` in the PBX zone,
+    and the row's `/cdr` JSON object (`rendered`), so that no read renders it again."""
+    shown: dict[str, object] = {
         "calldate": local_timestamp(record.started_at, tenant.zone),
         "clid": record.clid,
         "src": record.src,
@@ -46,8 +57,15 @@ def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
         "billsec": record.billsec,
         "disposition": record.disposition.value,
         "uniqueid": record.uniqueid,
-        "cost": record.cost,
+        "cost": "" if record.cost is None else str(record.cost),
         "zone": record.zone,
+    }
+    return {
+        **shown,
+        "pbx_id": tenant.id,
+        "started_at": _utc_naive(record.started_at),
+        "cost": record.cost,
+        "rendered": orjson.dumps(shown).decode("utf-8"),
     }
 
 
@@ -71,55 +89,55 @@ class CallStore:
         """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes.
 
         A page rendered before is served again when the range's rows are provably the
-        same (storage/page_cache.py): CDR rows are append-only.
+        same (storage/page_cache.py): CDR rows are append-only. Otherwise one statement
+        reads the fingerprint and joins the rows' stored JSON objects, so the page and
+        the fingerprint it is cached under come from the same snapshot.
         """
+        query = self.cdr_query(tenant, period, cap)
         low, high = period.utc_bounds()
-        where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
-        fingerprint_query = select(func.count(), func.min(cdr.c.id), func.max(cdr.c.id)).where(
-            *where
-        )
         key = (tenant.id, tenant.name, low, high, cap)
         async with self._engine.connect() as conn:
-            count, first, last = (await conn.execute(fingerprint_query)).one()
-        fingerprint: Fingerprint = (int(count), first, last)
-        cached = self._cdr_pages.get(key, fingerprint)
-        if cached is not None:
-            return cached
-        page = await self._page(self.cdr_query(tenant, period, cap), cap)
-        if page.total == fingerprint[0]:  # nothing arrived between the two reads
-            self._cdr_pages.put(key, fingerprint, page)
+            count, first, last = (await conn.execute(query.count)).one()
+            fingerprint: Fingerprint = (int(count), first, last)
+            cached = self._cdr_pages.get(key, fingerprint)
+            if cached is not None:
+                return cached
+            fresh = (await conn.execute(query.body)).one()
+        fingerprint = (int(fresh[0]), fresh[1], fresh[2])
+        page = JsonPage(fresh[3].encode("utf-8"), fingerprint[0], cap, _page_tag(key, fingerprint))
+        self._cdr_pages.put(key, fingerprint, page)
         return page
 
     def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
         """The statements of `cdr_page` (public so that tests can EXPLAIN them).
 
-        The range on (pbx_id, started_at) is served by the index ix_cdr_pbx_started.
+        `count` is the fingerprint (count, min id, max id) of the range; `body` is the same
+        fingerprint and the page: the first `cap` rows' `rendered` objects, joined. Both
+        are served by the index ix_cdr_pbx_started on (pbx_id, started_at).
         """
         low, high = period.utc_bounds()
         where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
+        fingerprint = select(func.count(), func.min(cdr.c.id), func.max(cdr.c.id)).where(*where)
         rows = (
-            select(
-                cdr.c.calldate,
-                cdr.c.clid,
-                cdr.c.src,
-                cdr.c.dst,
-                cdr.c.channel,
-                cdr.c.dstchannel,
-                cdr.c.lastapp,
-                cdr.c.duration,
-                cdr.c.billsec,
-                cdr.c.disposition,
-                cdr.c.uniqueid,
-                func.coalesce(cast(cdr.c.cost, Text), "").label("cost"),
-                cdr.c.zone,
-                *ordered([cdr.c.started_at, cdr.c.id]),
-            )
+            select(cdr.c.rendered, cdr.c.started_at, cdr.c.id)
             .where(*where)
             .order_by(cdr.c.started_at, cdr.c.id)
             .limit(cap)
+            .subquery("rows")
         )
-        count = select(func.count()).select_from(cdr).where(*where)
-        return PageQuery(json_array_of(self._dialect, rows), count)
+        if self._dialect == "postgresql":
+            joined = func.string_agg(
+                rows.c.rendered, aggregate_order_by(literal(","), rows.c.started_at, rows.c.id)
+            )
+        else:
+            # As in json_rows.json_array_of: the ordered, limited subquery feeds
+            # group_concat in its order (tests/test_storage_calls.py checks it).
+            joined = func.group_concat(rows.c.rendered, ",")
+        array = literal("[") + func.coalesce(joined, "") + literal("]")
+        fp = fingerprint.subquery("fp")
+        page = select(array.label("page")).select_from(rows).scalar_subquery()
+        body = select(*fp.c, page)
+        return PageQuery(body, fingerprint)
 
     async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
         query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)
