@@ -9,16 +9,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, Table, func, insert, literal, select
+from sqlalchemy import (
+    LargeBinary,
+    Select,
+    Table,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.storage.json_rows import JsonPage, json_array_of, ordered
 from cloudpbx.storage.page_cache import Fingerprint, PageCache
-from cloudpbx.storage.tables import cdr, recording, transcription
+from cloudpbx.storage.tables import cdr, pbx, recording, transcription
 from cloudpbx.storage.tenants import Tenant, utcnow
 
 
@@ -69,6 +79,25 @@ def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
     }
 
 
+async def set_cdr_cost(conn: AsyncConnection, pbx_id: int, uniqueid: str, cost: int) -> None:
+    """Set the cost of a stored CDR row (an SMS's, known after it was sent), with its
+    rendered JSON, and bump the PBX's cdr_revision so that cached pages and ETags change."""
+    rows = await conn.execute(
+        select(cdr.c.id, cdr.c.rendered).where(cdr.c.pbx_id == pbx_id, cdr.c.uniqueid == uniqueid)
+    )
+    changed = 0
+    for row_id, rendered in rows.all():
+        shown = orjson.loads(rendered)
+        shown["cost"] = str(cost)
+        values = {"cost": cost, "rendered": orjson.dumps(shown).decode("utf-8")}
+        await conn.execute(update(cdr).where(cdr.c.id == row_id).values(**values))
+        changed += 1
+    if changed:
+        await conn.execute(
+            update(pbx).where(pbx.c.id == pbx_id).values(cdr_revision=pbx.c.cdr_revision + 1)
+        )
+
+
 class CallStore:
     """Everything per call: billing rows, recordings, transcriptions."""
 
@@ -89,35 +118,35 @@ class CallStore:
         """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes.
 
         A page rendered before is served again when the range's rows are provably the
-        same (storage/page_cache.py): CDR rows are append-only. Otherwise one statement
-        reads the fingerprint and joins the rows' stored JSON objects, so the page and
-        the fingerprint it is cached under come from the same snapshot.
+        same (storage/page_cache.py). Otherwise one statement reads the fingerprint and
+        joins the rows' stored JSON objects, so the page and the fingerprint it is cached
+        (and tagged) under come from the same snapshot.
         """
         query = self.cdr_query(tenant, period, cap)
         low, high = period.utc_bounds()
         key = (tenant.id, tenant.name, low, high, cap)
         async with self._engine.connect() as conn:
-            count, first, last = (await conn.execute(query.count)).one()
-            fingerprint: Fingerprint = (int(count), first, last)
-            cached = self._cdr_pages.get(key, fingerprint)
+            count, revision = (await conn.execute(query.count)).one()
+            cached = self._cdr_pages.get(key, (int(count), int(revision)))
             if cached is not None:
                 return cached
-            fresh = (await conn.execute(query.body)).one()
-        fingerprint = (int(fresh[0]), fresh[1], fresh[2])
-        page = JsonPage(fresh[3].encode("utf-8"), fingerprint[0], cap, _page_tag(key, fingerprint))
+            count, revision, body = (await conn.execute(query.body)).one()
+        fingerprint = (int(count), int(revision))
+        page = JsonPage(bytes(body), fingerprint[0], cap, _page_tag(key, fingerprint))
         self._cdr_pages.put(key, fingerprint, page)
         return page
 
     def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
         """The statements of `cdr_page` (public so that tests can EXPLAIN them).
 
-        `count` is the fingerprint (count, min id, max id) of the range; `body` is the same
-        fingerprint and the page: the first `cap` rows' `rendered` objects, joined. Both
-        are served by the index ix_cdr_pbx_started on (pbx_id, started_at).
+        `count` is the fingerprint (rows in the range, the PBX's cdr_revision); `body` is
+        the same fingerprint and the page: the first `cap` rows' `rendered` objects, joined.
+        Both are served by the index ix_cdr_pbx_started on (pbx_id, started_at).
         """
         low, high = period.utc_bounds()
         where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
-        fingerprint = select(func.count(), func.min(cdr.c.id), func.max(cdr.c.id)).where(*where)
+        revision = select(pbx.c.cdr_revision).where(pbx.c.id == tenant.id).scalar_subquery()
+        fingerprint = select(func.count().label("total"), revision.label("revision")).where(*where)
         rows = (
             select(cdr.c.rendered, cdr.c.started_at, cdr.c.id)
             .where(*where)
@@ -133,11 +162,15 @@ class CallStore:
             # As in json_rows.json_array_of: the ordered, limited subquery feeds
             # group_concat in its order (tests/test_storage_calls.py checks it).
             joined = func.group_concat(rows.c.rendered, ",")
-        array = literal("[") + func.coalesce(joined, "") + literal("]")
+        array: Any = literal("[") + func.coalesce(joined, "") + literal("]")
+        # As bytes straight from the driver: no 3 MB decode to str and encode back.
+        if self._dialect == "postgresql":
+            array = func.convert_to(array, literal("UTF8"), type_=LargeBinary)
+        else:
+            array = cast(array, LargeBinary)
         fp = fingerprint.subquery("fp")
         page = select(array.label("page")).select_from(rows).scalar_subquery()
-        body = select(*fp.c, page)
-        return PageQuery(body, fingerprint)
+        return PageQuery(select(fp.c.total, fp.c.revision, page), fingerprint)
 
     async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
         query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)

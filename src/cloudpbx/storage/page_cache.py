@@ -1,10 +1,14 @@
 """A small memory cache of rendered `/cdr` pages, checked against the database every time.
 
-CDR rows are only ever added (a PBX's removal deletes all of its rows at once). So the
-rows of a range are unchanged exactly when their count, smallest and largest id are: a
-query on the index that costs a fraction of a millisecond, against tens of milliseconds for
-rendering 10,000 rows. Integrators poll the same days over and over (billing pulls
-yesterday, wallboards today), and each poll is then nearly free until a row arrives.
+CDR rows are only ever added (a PBX's removal deletes all of its rows at once, and its id
+is never reused), except an SMS row's cost, which arrives later and bumps the PBX's
+`cdr_revision` in the same transaction (storage/calls.py, set_cdr_cost). So the rows of a
+range are unchanged exactly when their count and that revision are: a count on the index,
+a fraction of a millisecond, against milliseconds for joining 10,000 stored rows. A count
+is exact whatever order concurrent inserts commit in (a largest id would not be: on
+PostgreSQL a smaller id can commit after a larger one). Integrators poll the same days over
+and over (billing pulls yesterday, wallboards today), and each poll is then nearly free
+until a row arrives.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from collections.abc import Hashable
 
 from cloudpbx.storage.json_rows import JsonPage
 
-Fingerprint = tuple[int, int | None, int | None]
-"""(count, min id, max id) of the rows a page was rendered from."""
+Fingerprint = tuple[int, int]
+"""(count of the range's rows, the PBX's cdr_revision) when a page was rendered."""
 
 
 class PageCache:

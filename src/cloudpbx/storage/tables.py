@@ -44,6 +44,9 @@ pbx = Table(
     Column("sms_gateway", String(32), nullable=True),
     # Event ids are handed out from blocks reserved here, so ids never repeat after a crash.
     Column("event_id_reserved", BigInteger, nullable=False, server_default="0"),
+    # Bumped whenever a stored CDR row changes (an SMS's cost arriving later): CDR rows are
+    # otherwise only added, and the /cdr page cache and ETags rely on both (page_cache.py).
+    Column("cdr_revision", BigInteger, nullable=False, server_default="0"),
     Column("created_at", DateTime, nullable=False),
     sqlite_autoincrement=True,
 )

@@ -1,4 +1,5 @@
-"""cdr.rendered: each CDR row's `/cdr` JSON object, rendered when the row is written
+"""cdr.rendered: each CDR row's `/cdr` JSON object, rendered when the row is written;
+pbx.cdr_revision: bumped when a stored CDR row changes (for the /cdr page cache and ETags)
 
 Revision ID: 0004_cdr_rendered
 Revises: 0003_jobs
@@ -43,10 +44,15 @@ def _rendered_sql(dialect: str) -> str:
 
 
 def upgrade() -> None:
+    op.add_column(
+        "pbx", sa.Column("cdr_revision", sa.BigInteger(), server_default="0", nullable=False)
+    )
     op.add_column("cdr", sa.Column("rendered", sa.Text(), server_default="", nullable=False))
     dialect = op.get_bind().dialect.name
     op.execute(f"UPDATE cdr SET rendered = {_rendered_sql(dialect)}")
 
 
 def downgrade() -> None:
-    op.drop_column("cdr", "rendered")  # SQLite has ALTER TABLE DROP COLUMN since 3.35
+    # SQLite has ALTER TABLE DROP COLUMN since 3.35.
+    op.drop_column("cdr", "rendered")
+    op.drop_column("pbx", "cdr_revision")
