@@ -86,3 +86,15 @@ def test_the_cache_is_bounded_by_bytes_and_drops_the_least_recent() -> None:
     assert cache.get("c", (4, 0)) is None
     cache.put("c", (4, 0), c)
     assert cache.size == len(c.body)
+
+
+def test_a_page_is_fresh_only_under_the_stamp_it_was_last_checked_with() -> None:
+    cache = PageCache(max_bytes=100)
+    page = JsonPage(b"[1]", 1, 10)
+    cache.put("a", (1, 0), page, stamp=(7, 0))
+    assert cache.fresh("a", (7, 0)) is page
+    assert cache.fresh("a", (8, 0)) is None  # a row arrived somewhere: the count decides
+    assert cache.get("a", (1, 0), stamp=(8, 0)) is page  # still exact: stamped anew
+    assert cache.fresh("a", (8, 0)) is page
+    assert cache.fresh("a", (8, 1)) is None  # a stored row changed (revision)
+    assert cache.get("a", (1, 1), stamp=(8, 1)) is None and cache.size == 0

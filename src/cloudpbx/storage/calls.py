@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cloudpbx.domain.dates import DateRange, local_timestamp
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.storage.json_rows import JsonPage, json_array_of, ordered
-from cloudpbx.storage.page_cache import Fingerprint, PageCache
+from cloudpbx.storage.page_cache import Fingerprint, PageCache, Stamp
 from cloudpbx.storage.tables import cdr, pbx, recording, transcription
 from cloudpbx.storage.tenants import Tenant, utcnow
 
@@ -44,8 +44,8 @@ class PageQuery:
 
 
 def _page_tag(key: Hashable, fingerprint: Fingerprint) -> str:
-    """A strong validator of a /cdr page: its rows are exactly those of the fingerprint
-    (append-only ids, never reused), so the tag changes whenever the bytes can."""
+    """A strong validator of a /cdr page: the page's bytes follow from its key and its
+    fingerprint (storage/page_cache.py), so the tag changes whenever the bytes can."""
     text = repr((key, fingerprint)).encode("utf-8")
     return hashlib.blake2b(text, digest_size=12, person=b"cdr-page-v1").hexdigest()
 
@@ -108,6 +108,10 @@ class CallStore:
         self._dialect = engine.dialect.name
         self._cdr_pages = PageCache(page_cache_bytes)
         self._cdr_statements = self._cdr_page_statements()
+        self._cdr_stamp = select(
+            select(func.max(cdr.c.id)).scalar_subquery(),
+            select(pbx.c.cdr_revision).where(pbx.c.id == bindparam("pbx")).scalar_subquery(),
+        )
         self._recording_list = self._list_statement(
             recording,
             recording.c.uniqueid,
@@ -144,15 +148,23 @@ class CallStore:
         low, high = period.utc_bounds()
         params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         key = (tenant.id, tenant.name, low, high, cap)
+        statements = self._cdr_statements
+        stamp: Stamp | None = None
         async with self._engine.connect() as conn:
-            count, revision = (await conn.execute(self._cdr_statements.count, params)).one()
-            cached = self._cdr_pages.get(key, (int(count), int(revision)))
+            if self._dialect == "sqlite":  # ids in commit order: see storage/page_cache.py
+                newest, revision = (await conn.execute(self._cdr_stamp, params)).one()
+                stamp = (int(newest or 0), int(revision))
+                cached = self._cdr_pages.fresh(key, stamp)
+                if cached is not None:
+                    return cached
+            count, revision = (await conn.execute(statements.count, params)).one()
+            cached = self._cdr_pages.get(key, (int(count), int(revision)), stamp)
             if cached is not None:
                 return cached
-            fresh = (await conn.execute(self._cdr_statements.body, params)).one()
+            fresh = (await conn.execute(statements.body, params)).one()
         fingerprint = (int(fresh.total), int(fresh.revision))
         page = JsonPage(bytes(fresh.page), fingerprint[0], cap, _page_tag(key, fingerprint))
-        self._cdr_pages.put(key, fingerprint, page)
+        self._cdr_pages.put(key, fingerprint, page, stamp)
         return page
 
     def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
