@@ -37,6 +37,7 @@ RATIO_TARGET = 1.5
 UNCACHED_TARGET_S = 0.008  # per 10,000 rows, SQLite
 PG_FACTOR_TARGET = 2.0
 WRITE_P99_TARGET = 3.0
+PG_DAYS = 10
 WRITE_RATE = 200.0  # new calls per second meanwhile: a very busy PBX
 CDR_FIELDS = [
     "calldate",
@@ -161,7 +162,7 @@ async def _page_times(url: str, day: str, repeats: int, prefix: str = "") -> dic
 async def _postgres_times(
     admin_url: str, database: Path, day: str, repeats: int
 ) -> dict[str, float]:
-    """Copy the measured day and its two neighbours (30,000 rows) into a scratch
+    """Copy the measured day and the days around it (PG_DAYS x 10,000 rows) into a scratch
     PostgreSQL database, migrated by the project, and time the same page there."""
     import sqlite3
 
@@ -201,7 +202,7 @@ async def _postgres_times(
             ).fetchone()
             rows = source.execute(
                 f"SELECT {columns} FROM cdr WHERE id >= ? ORDER BY id LIMIT ?",
-                (first_id - DAY_ROWS, 3 * DAY_ROWS),
+                (first_id - DAY_ROWS * (PG_DAYS // 2), PG_DAYS * DAY_ROWS),
             ).fetchall()
         finally:
             source.close()
@@ -214,7 +215,7 @@ async def _postgres_times(
                 records=[(tenant.id, datetime.fromisoformat(r[0]), *r[1:]) for r in rows],
                 columns=["pbx_id", *(c.strip() for c in columns.split(","))],
             )
-            await conn.execute("ANALYZE cdr")
+            await conn.execute("VACUUM ANALYZE cdr")  # as autovacuum would have by now
         finally:
             await conn.close()
         return await _page_times(scratch, day, repeats, prefix="pg_")

@@ -23,7 +23,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
@@ -197,13 +196,13 @@ class CallStore:
             .limit(bindparam("cap", type_=Integer))
             .subquery("rows")
         )
+        # The ordered, limited subquery feeds the aggregate in its order (as in
+        # json_rows.json_array_of on SQLite; tests/test_storage_calls.py checks order and
+        # ties on both engines). An ORDER BY inside string_agg would sort the 3 MB of
+        # rendered rows a second time.
         if self._dialect == "postgresql":
-            joined = func.string_agg(
-                rows.c.rendered, aggregate_order_by(literal(","), rows.c.started_at, rows.c.id)
-            )
+            joined = func.string_agg(rows.c.rendered, literal(","))
         else:
-            # As in json_rows.json_array_of: the ordered, limited subquery feeds
-            # group_concat in its order (tests/test_storage_calls.py checks it).
             joined = func.group_concat(rows.c.rendered, ",")
         array: Any = literal("[") + func.coalesce(joined, "") + literal("]")
         # As bytes straight from the driver: no 3 MB decode to str and encode back.
