@@ -107,9 +107,14 @@ async def start_nginx(body: bytes, gzip_level: int) -> Nginx | None:
         if proc.returncode is not None:
             raise RuntimeError(f"nginx exited with {proc.returncode}; see {LOG_DIR}/nginx.log")
         with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(HOST, port)
+            # An answer, not just a connection: the master listens before its worker
+            # exists, and the worker is the process whose CPU the bench measures.
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(f"HEAD /{FILE_NAME} HTTP/1.0\r\n\r\n".encode())
+            status = await reader.readline()
             writer.close()
-            return server
+            if status.startswith(b"HTTP/1.1 200") and len(server.pids()) > 1:
+                return server
         await asyncio.sleep(0.05)
     await server.stop()
     raise RuntimeError("nginx did not listen within 10 s")
