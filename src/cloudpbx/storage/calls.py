@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
@@ -40,6 +41,37 @@ class PageQuery:
 
     body: Select[*tuple[Any, ...]]
     count: Select[*tuple[Any, ...]]
+
+
+class Read:
+    """A SELECT built once, run for one row. On SQLite it goes to the aiosqlite driver in
+    one trip to its thread: through SQLAlchemy a query takes five (cursor, execute, fetch,
+    close, and the pool's rollback stays a sixth), ~0.3 ms against ~0.1 ms, on the path
+    of every list request. Parameters go through their types' bind processors, as
+    SQLAlchemy would send them (datetimes in its own text format)."""
+
+    def __init__(self, statement: Select[*tuple[Any, ...]], dialect: Dialect) -> None:
+        self.statement = statement
+        self._sqlite = dialect.name == "sqlite"
+        self._compiled = statement.compile(dialect=dialect)
+        self._sql = str(self._compiled)
+        self._binds = [
+            (name, self._compiled.binds[name].type.bind_processor(dialect))
+            for name in self._compiled.positiontup or ()
+        ]
+
+    async def one(self, conn: AsyncConnection, params: Mapping[str, object]) -> Sequence[Any]:
+        if not self._sqlite:
+            return tuple((await conn.execute(self.statement, params)).one())
+        given = self._compiled.construct_params(dict(params))  # with the statement's own
+        values = [
+            given[name] if process is None else process(given[name])
+            for name, process in self._binds
+        ]
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        (row,) = await driver.execute_fetchall(self._sql, values)
+        return tuple(row)
 
 
 def _page_tag(key: Hashable, fingerprint: Fingerprint) -> str:
@@ -107,11 +139,16 @@ class CallStore:
         self._dialect = engine.dialect.name
         self._cdr_pages = PageCache(page_cache_bytes)
         self._cdr_statements = self._cdr_page_statements()
-        self._cdr_stamp = select(
-            select(func.max(cdr.c.id)).scalar_subquery(),
-            select(pbx.c.cdr_revision).where(pbx.c.id == bindparam("pbx")).scalar_subquery(),
+        self._cdr_count = Read(self._cdr_statements.count, engine.dialect)
+        self._cdr_body = Read(self._cdr_statements.body, engine.dialect)
+        self._cdr_stamp = Read(
+            select(
+                select(func.max(cdr.c.id)).scalar_subquery(),
+                select(pbx.c.cdr_revision).where(pbx.c.id == bindparam("pbx")).scalar_subquery(),
+            ),
+            engine.dialect,
         )
-        self._recording_list = self._list_statement(
+        self._recording_list = self._list_read(
             recording,
             recording.c.uniqueid,
             recording.c.src,
@@ -119,7 +156,7 @@ class CallStore:
             recording.c.format,
             recording.c.calldate.label("date"),
         )
-        self._transcription_list = self._list_statement(
+        self._transcription_list = self._list_read(
             transcription,
             transcription.c.uniqueid,
             transcription.c.calldate,
@@ -147,22 +184,21 @@ class CallStore:
         low, high = period.utc_bounds()
         params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         key = (tenant.id, tenant.name, low, high, cap)
-        statements = self._cdr_statements
         stamp: Stamp | None = None
         async with self._engine.connect() as conn:
             if self._dialect == "sqlite":  # ids in commit order: see storage/page_cache.py
-                newest, revision = (await conn.execute(self._cdr_stamp, params)).one()
+                newest, revision = await self._cdr_stamp.one(conn, params)
                 stamp = (int(newest or 0), int(revision))
                 cached = self._cdr_pages.fresh(key, stamp)
                 if cached is not None:
                     return cached
-            count, revision = (await conn.execute(statements.count, params)).one()
+            count, revision = await self._cdr_count.one(conn, params)
             cached = self._cdr_pages.get(key, (int(count), int(revision)), stamp)
             if cached is not None:
                 return cached
-            fresh = (await conn.execute(statements.body, params)).one()
-        fingerprint = (int(fresh.total), int(fresh.revision))
-        page = JsonPage(bytes(fresh.page), fingerprint[0], cap, _page_tag(key, fingerprint))
+            count, revision, body = await self._cdr_body.one(conn, params)
+        fingerprint = (int(count), int(revision))
+        page = JsonPage(bytes(body), fingerprint[0], cap, _page_tag(key, fingerprint))
         self._cdr_pages.put(key, fingerprint, page, stamp)
         return page
 
@@ -307,16 +343,14 @@ class CallStore:
 
     # -- shared ----------------------------------------------------------------------------
 
-    async def _page(
-        self, statement: Select[*tuple[Any, ...]], tenant: Tenant, period: DateRange, cap: int
-    ) -> JsonPage:
+    async def _page(self, read: Read, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         low, high = period.utc_bounds()
         params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         async with self._engine.connect() as conn:
-            total, body = (await conn.execute(statement, params)).one()
+            total, body = await read.one(conn, params)
         return JsonPage(body.encode("utf-8"), int(total), cap)
 
-    def _list_statement(self, table: Table, *columns: Any) -> Select[*tuple[Any, ...]]:
+    def _list_read(self, table: Table, *columns: Any) -> Read:
         """(rows in the range, their first `cap` as a JSON array), in one statement built
         once: one round trip, and no statement building per request. Under READ COMMITTED
         the two subqueries may see a row committed in between; that only affects the
@@ -334,7 +368,7 @@ class CallStore:
         )
         count = select(func.count()).select_from(table).where(*where).scalar_subquery()
         body = json_array_of(self._dialect, rows).scalar_subquery()
-        return select(count.label("total"), body.label("body"))
+        return Read(select(count.label("total"), body.label("body")), self._engine.dialect)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL do)."""
