@@ -1,9 +1,10 @@
 """Lists rendered to JSON by the database itself.
 
-The list endpoints return up to 10,000 rows. Building them row by row in Python costs more
-than the query; SQLite's `json_group_array(json_object(...))` and PostgreSQL's
-`json_agg(json_build_object(...) ORDER BY ...)` produce the JSON array in C, and the API
-sends those bytes as they are.
+`/record` and `/transcription` return up to 10,000 rows. Building them row by row in
+Python costs more than the query; SQLite's `json_group_array(json_object(...))` and
+PostgreSQL's `json_agg(json_build_object(...) ORDER BY ...)` produce the JSON array in C,
+and the API sends those bytes as they are. (`/cdr` joins JSON stored per row when it was
+written: storage/calls.py.)
 """
 
 from __future__ import annotations
