@@ -144,7 +144,8 @@ def run(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 **report.as_json(),
             },
-            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+            # Non-string keys: the transcription suite's details are keyed by ints.
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
         )
     )
     return 1 if any(r.verdict == "FAIL" for r in report.rows) else 0

@@ -18,6 +18,8 @@ from datetime import time as dtime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from bench.common import DATA_DIR
 
 ZONE = "Europe/Warsaw"
@@ -34,8 +36,9 @@ _MIGRATIONS = Path(__file__).resolve().parent.parent / "src/cloudpbx/storage/mig
 
 
 def schema_tag() -> str:
-    """A short hash of the migration files: a schema change makes a new cache file."""
-    digest = hashlib.sha256()
+    """A short hash of the migration files and of this seeder: a change to either makes a
+    new cache file."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
     for path in sorted(_MIGRATIONS.glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -92,37 +95,50 @@ def _day_rows(
         duration = rng.randrange(1, 900)
         billsec = rng.randrange(0, duration) if disposition == "ANSWERED" else 0
         delta = timedelta(seconds=second)
-        rows.append(
-            (
-                1,
-                (base_utc + delta).strftime("%Y-%m-%d %H:%M:%S.000000"),
-                (base_naive + delta).strftime("%Y-%m-%d %H:%M:%S"),
-                f'"Uzytkownik {src}" <{src}>',
-                src,
-                dst,
-                f"SIP/{CDR_PBX}-{src}-{seq:08x}",
-                f"SIP/trunk-{seq + 1:08x}" if outgoing else f"SIP/{CDR_PBX}-{dst}-{seq + 1:08x}",
-                "Dial" if rng.random() < 0.8 else "Queue",
-                duration,
-                billsec,
-                disposition,
-                f"{epoch0 + second}.{seq}",
-                rng.randrange(0, 500) if outgoing and billsec else None,
-                rng.choice(zones) if outgoing else "",
-            )
-        )
+        cost = rng.randrange(0, 500) if outgoing and billsec else None
+        shown: dict[str, object] = {
+            "calldate": (base_naive + delta).strftime("%Y-%m-%d %H:%M:%S"),
+            "clid": f'"Uzytkownik {src}" <{src}>',
+            "src": src,
+            "dst": dst,
+            "channel": f"SIP/{CDR_PBX}-{src}-{seq:08x}",
+            "dstchannel": (
+                f"SIP/trunk-{seq + 1:08x}" if outgoing else f"SIP/{CDR_PBX}-{dst}-{seq + 1:08x}"
+            ),
+            "lastapp": "Dial" if rng.random() < 0.8 else "Queue",
+            "duration": duration,
+            "billsec": billsec,
+            "disposition": disposition,
+            "uniqueid": f"{epoch0 + second}.{seq}",
+            "cost": "" if cost is None else str(cost),
+            "zone": rng.choice(zones) if outgoing else "",
+        }
+        values = list(shown.values())
+        values[11] = cost  # the column holds grosze as an integer, NULL when not rated
+        started = (base_utc + delta).strftime("%Y-%m-%d %H:%M:%S.000000")
+        # `rendered` as the application writes it (storage/calls.py, cdr_row_values).
+        rows.append((1, started, *values, orjson.dumps(shown).decode()))
     return rows
 
 
 _INSERT = (
     "INSERT INTO cdr (pbx_id, started_at, calldate, clid, src, dst, channel, dstchannel, "
-    "lastapp, duration, billsec, disposition, uniqueid, cost, zone) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "lastapp, duration, billsec, disposition, uniqueid, cost, zone, rendered) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+LIST_ROWS = 50
+"""Transcriptions on the measured day: the small list of the bench (`/transcription`)."""
+_TRANSCRIPTIONS = (
+    "INSERT INTO transcription (pbx_id, uniqueid, started_at, calldate, src, dst, content, "
+    "summary, finished_at) SELECT pbx_id, uniqueid, started_at, calldate, src, dst, "
+    "'Dzień dobry, w czym mogę pomóc?', 'Klient pyta o fakturę.', started_at "
+    "FROM cdr WHERE calldate >= ? ORDER BY id LIMIT ?"
 )
 
 
 def cdr_database(total: int = 1_000_000, day_rows: int = 10_000, log: bool = True) -> Path:
-    """The cached CDR database: `total` rows over total/day_rows days, one PBX."""
+    """The cached CDR database: `total` rows over total/day_rows days, one PBX, and
+    LIST_ROWS transcriptions on the measured day."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     path = DATA_DIR / f"cdr-{schema_tag()}-{total}-{day_rows}.sqlite"
     if path.exists():
@@ -153,6 +169,8 @@ def cdr_database(total: int = 1_000_000, day_rows: int = 10_000, log: bool = Tru
                 with conn:
                     conn.executemany(_INSERT, pending)
                 pending = []
+        with conn:
+            conn.execute(_TRANSCRIPTIONS, (measured_day(total, day_rows).isoformat(), LIST_ROWS))
         (rows,) = conn.execute("SELECT count(*) FROM cdr").fetchone()
         if rows != total:
             raise RuntimeError(f"seeded {rows} rows, wanted {total}")

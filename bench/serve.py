@@ -6,9 +6,11 @@ on stdout once it listens. Configuration is exactly `cloudpbx.server.uvicorn_con
 production one); the only additions are routes under `/_bench/` on the same app:
 
 - `GET /_bench/cdr-static?pbx=&datestart=&datestop=`: the same `/cdr` page bytes,
-  computed once and then served precomputed (the framework baseline, no auth, no DB);
-- `GET /_bench/cdr-cached?datestart=&datestop=` (auth as /cdr): a prototype of the page
-  cache proposed in docs/benchmarks.md, to measure what it would give;
+  computed once and then served precomputed through the same response code (ETag, gzip
+  once): the framework baseline, no auth, no DB;
+- `GET /_bench/list-static?pbx=&datestart=&datestop=`: the same for `/transcription`;
+- `POST /_bench/write-cdrs?pbx=&rate=`, `POST /_bench/write-cdrs/stop?pbx=`: store new
+  calls at `rate` per second through `runtime.ingest` (the backends' write path) meanwhile;
 - `POST /_bench/publish?pbx=&count=&rate=&step=`: publish `count` `subscriber` events
   through `EventHub.publish` at `rate` per second; `connectPeerName` carries the time the
   event was scheduled for (wall clock), `connectPeerNumber` the step number; the publisher
@@ -24,6 +26,7 @@ production one); the only additions are routes under `/_bench/` on the same app:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
@@ -31,25 +34,24 @@ import os
 import pstats
 import time
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from sqlalchemy import func, select
 from starlette.responses import Response
 
 from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
-from cloudpbx.api.auth import bearer_token, tenant_for_key
 from cloudpbx.api.responses import OrjsonResponse, page_response
 from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.events import Subscriber
-from cloudpbx.domain.states import DeviceState
+from cloudpbx.domain.records import CdrRecord
+from cloudpbx.domain.states import DeviceState, Disposition
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.server import attach_backends, freeze_startup_heap, uvicorn_config
 from cloudpbx.settings import load_settings
 from cloudpbx.storage.json_rows import JsonPage
-from cloudpbx.storage.tables import cdr
 
 
 def starlette_ws_route(app: FastAPI) -> None:
@@ -100,39 +102,58 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
     pauses = GcPauses()
     snapshots: dict[str, tracemalloc.Snapshot] = {}
 
-    async def cdr_static(pbx: str, datestart: str, datestop: str) -> Response:
-        key = (pbx, datestart, datestop)
+    async def cdr_static(request: Request, pbx: str, datestart: str, datestop: str) -> Response:
+        key = ("cdr", pbx, datestart, datestop)
         page = pages.get(key)
         if page is None:
             tenant = await runtime.tenants.require(pbx)
             period = date_range(datestart, datestop, tenant.zone)
             page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
             pages[key] = page
-        return page_response(page)
+        return await page_response(request, page)
 
-    cached: dict[tuple[int, object, object], tuple[tuple[int, int], JsonPage]] = {}
+    async def list_static(request: Request, pbx: str, datestart: str, datestop: str) -> Response:
+        key = ("transcription", pbx, datestart, datestop)
+        page = pages.get(key)
+        if page is None:
+            tenant = await runtime.tenants.require(pbx)
+            period = date_range(datestart, datestop, tenant.zone)
+            cap = runtime.settings.transcription_cap
+            page = await runtime.calls.transcription_page(tenant, period, cap)
+            pages[key] = page
+        return await page_response(request, page)
 
-    async def cdr_cached(request: Request, datestart: str, datestop: str) -> Response:
-        """Prototype of a proposed fix (not in src): /cdr with a page cache. CDR rows are
-        append-only, so `count(*), max(id)` over the range (a covering-index probe,
-        < 1 ms) tells whether a cached page is still exact."""
-        key_text = bearer_token(request.headers.get("authorization"))
-        tenant = await tenant_for_key(runtime, key_text)
-        period = date_range(datestart, datestop, tenant.zone)
-        low, high = period.utc_bounds()
-        probe = select(func.count(), func.max(cdr.c.id)).where(
-            cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high
-        )
-        async with runtime.engine.connect() as conn:
-            count, newest = (await conn.execute(probe)).one()
-        version = (int(count), int(newest or 0))
-        key = (tenant.id, low, high)
-        hit = cached.get(key)
-        if hit is not None and hit[0] == version:
-            return page_response(hit[1])
-        page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
-        cached[key] = (version, page)
-        return page_response(page)
+    writers: dict[str, tuple[asyncio.Task[None], list[int]]] = {}
+
+    async def write_cdrs(pbx: str, rate: float) -> Response:
+        """Store `rate` new calls per second (today's, one row per transaction) through
+        the ingest path the backends use, until `/_bench/write-cdrs/stop`."""
+        written = [0]
+
+        async def writer() -> None:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while True:
+                delay = start + written[0] / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = datetime.now(UTC)
+                record = CdrRecord(
+                    now, '"Bench" <101>', "101", "600100200", "SIP/bench-101", "SIP/trunk",
+                    "Dial", 60, 55, Disposition.ANSWERED, f"{now.timestamp():.6f}", 12, "lokalne",
+                )  # fmt: skip
+                await runtime.ingest.cdr(pbx, record)
+                written[0] += 1
+
+        writers[pbx] = (asyncio.create_task(writer()), written)
+        return OrjsonResponse({"writing": rate})
+
+    async def write_cdrs_stop(pbx: str) -> Response:
+        task, written = writers.pop(pbx)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return OrjsonResponse({"written": written[0]})
 
     async def publish(
         pbx: str, count: int, rate: float, step: int = 0, max_behind: float = 3.0
@@ -231,7 +252,9 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         return OrjsonResponse({"stopping": True})
 
     app.add_api_route("/_bench/cdr-static", cdr_static, methods=["GET"])
-    app.add_api_route("/_bench/cdr-cached", cdr_cached, methods=["GET"])
+    app.add_api_route("/_bench/list-static", list_static, methods=["GET"])
+    app.add_api_route("/_bench/write-cdrs", write_cdrs, methods=["POST"])
+    app.add_api_route("/_bench/write-cdrs/stop", write_cdrs_stop, methods=["POST"])
     app.add_api_route("/_bench/publish", publish, methods=["POST"])
     app.add_api_route("/_bench/stats", stats, methods=["GET"])
     app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])

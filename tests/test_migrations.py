@@ -9,19 +9,26 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 import pytest
 from alembic import command
-from sqlalchemy import DefaultClause, MetaData, String, inspect
+from sqlalchemy import Column, DefaultClause, MetaData, String, Table, insert, inspect, select
 from sqlalchemy.engine import Connection, make_url
 
+from cloudpbx.domain.records import CdrRecord
+from cloudpbx.domain.states import Disposition
+from cloudpbx.storage.calls import cdr_row_values
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.migrate import alembic_config, downgrade, schema_differences, upgrade
-from cloudpbx.storage.tables import metadata
+from cloudpbx.storage.tables import cdr, metadata
+from cloudpbx.storage.tenants import Tenant
 
-HEAD = "0003_jobs"
+HEAD = "0004_cdr_rendered"
 
 
 @pytest.fixture
@@ -145,3 +152,60 @@ def test_alembic_command_line_path(fresh_url: str) -> None:
     assert revision == HEAD and tables == set(metadata.tables) | {"alembic_version"}
     command.downgrade(config, "base")
     assert asyncio.run(schema(fresh_url))[0] == {"alembic_version"}
+
+
+# Strings whose JSON escaping could differ between orjson and the database's own
+# (control characters, quotes, backslash, slash, non-ASCII, outside the BMP, U+2028).
+AWKWARD = [
+    '"Zażółć gęślą" <101>',
+    "tab\there, nl\nx, cr\r",
+    "ctl \x01 \x08 \x0c \x1f del \x7f",
+    'back\\slash /slash "quoted"',
+    "emoji \U0001f600 sep \u2028 \u2029",
+]
+
+
+async def test_rows_stored_before_0004_are_rendered_as_the_application_renders(
+    fresh_url: str,
+) -> None:
+    """Migration 0004 renders old rows in SQL; new rows are rendered by orjson. Both must
+    be the same bytes, or one page would mix two spellings of the same JSON."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade(engine, "0003_jobs")
+        tenant = Tenant(1, "Old", ZoneInfo("Europe/Warsaw"), None)
+        records = [
+            CdrRecord(
+                datetime(2025, 3, 30, 0, 59, i, tzinfo=UTC),  # the night Warsaw moves to CEST
+                clid=text,
+                src=text,
+                dst="105",
+                channel=f"SIP/{text}",
+                dstchannel="",
+                lastapp="Dial",
+                duration=i * 1000,
+                billsec=i,
+                disposition=Disposition.ANSWERED,
+                uniqueid=f"17000.{i}",
+                cost=None if i % 2 else i * 7,
+                zone=text,
+            )
+            for i, text in enumerate(AWKWARD)
+        ]
+        expected = [cdr_row_values(tenant, record) for record in records]
+        old_rows = [{k: v for k, v in row.items() if k != "rendered"} for row in expected]
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO pbx (id, name, timezone, created_at) "
+                "VALUES (1, 'Old', 'Europe/Warsaw', '2025-01-01 00:00:00')"
+            )
+            old_cdr = Table("cdr", MetaData(), *(Column(name) for name in old_rows[0]))
+            await conn.execute(insert(old_cdr), old_rows)
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(cdr.c.rendered).order_by(cdr.c.id))).scalars()
+            rendered = list(stored)
+    finally:
+        await engine.dispose()
+    assert rendered == [row["rendered"] for row in expected]
+    assert [orjson.loads(text)["clid"] for text in rendered] == AWKWARD

@@ -9,10 +9,13 @@ from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import Text, cast, func, select
 
 from cloudpbx.domain.dates import DateRange
 from cloudpbx.domain.records import RecordingInfo, TranscriptionRecord
 from cloudpbx.domain.states import Disposition
+from cloudpbx.storage.json_rows import json_array_of, ordered
+from cloudpbx.storage.tables import cdr
 from cloudpbx.storage.tenants import Tenant
 from tests.test_storage_support import Stores, at, cdr_record, open_stores
 
@@ -220,6 +223,40 @@ async def test_cdr_strings_round_trip_exactly(stores: Stores) -> None:
     for field, value in tricky.items():
         assert row[field] == value, field
     assert json.loads(json.dumps(row)) == row  # valid JSON, nothing lost
+
+
+async def test_cdr_page_is_the_bytes_the_database_rendered_before(stores: Stores) -> None:
+    """Pages joined from the rows' stored JSON are what `json_group_array(json_object(..))`
+    sent before migration 0004 (on PostgreSQL, whose json_agg spaced its output, the same
+    JSON, now compact)."""
+    tenant = await stores.tenant()
+    start = at("2025-06-10 08:00:00")
+    await stores.calls.add_cdrs(
+        tenant,
+        [
+            cdr_record(start, "1.1", clid=f'"{POLISH}" <101>', cost=16, zone="komórkowe"),
+            cdr_record(start, "1.2", channel="tab\tnew\nline \x01 📞 \u2028", cost=None),
+            cdr_record(start + timedelta(seconds=1), "1.3", dst='"q" \\ /'),
+        ],
+    )
+    period = days(tenant, "2025-06-10")
+    page = await stores.calls.cdr_page(tenant, period, 10)
+    low, high = period.utc_bounds()
+    cost = func.coalesce(cast(cdr.c.cost, Text), "").label("cost")
+    rows = (
+        select(
+            *(cost if name == "cost" else cdr.c[name] for name in CDR_FIELDS),
+            *ordered([cdr.c.started_at, cdr.c.id]),
+        )
+        .where(cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
+        .order_by(cdr.c.started_at, cdr.c.id)
+    )
+    dialect = stores.engine.dialect.name
+    async with stores.engine.connect() as conn:
+        before = (await conn.execute(json_array_of(dialect, rows))).scalar_one()
+    assert parse(page.body) == parse(before.encode()) and len(parse(page.body)) == 3
+    if dialect == "sqlite":
+        assert page.body == before.encode()
 
 
 async def test_find_cdr(stores: Stores) -> None:

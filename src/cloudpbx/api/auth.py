@@ -12,7 +12,9 @@ from cloudpbx.runtime import Runtime
 from cloudpbx.storage.tenants import Tenant
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """Async although it awaits nothing: FastAPI runs a plain `def` dependency in its
+    thread pool, a thread hand-off on every request for an attribute read."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Select, Table, Text, cast, func, insert, select
+import orjson
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    Select,
+    Table,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloudpbx.domain.dates import DateRange, local_timestamp
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.storage.json_rows import JsonPage, json_array_of, ordered
-from cloudpbx.storage.page_cache import Fingerprint, PageCache
-from cloudpbx.storage.tables import cdr, recording, transcription
+from cloudpbx.storage.page_cache import Fingerprint, PageCache, Stamp
+from cloudpbx.storage.reads import Read
+from cloudpbx.storage.tables import cdr, pbx, recording, transcription
 from cloudpbx.storage.tenants import Tenant, utcnow
 
 
 @dataclass(frozen=True, slots=True)
 class PageQuery:
-    """The two statements behind a list endpoint: the JSON array and the total count."""
+    """The two statements behind a list endpoint: the JSON array and the total count
+    (for `/cdr`: the fingerprint, and the fingerprint with the page)."""
 
-    body: Select[str]
-    count: Select[int]
+    body: Select[*tuple[Any, ...]]
+    count: Select[*tuple[Any, ...]]
+
+
+def _page_tag(key: Hashable, fingerprint: Fingerprint) -> str:
+    """A strong validator of a /cdr page: the page's bytes follow from its key and its
+    fingerprint (storage/page_cache.py), so the tag changes whenever the bytes can."""
+    text = repr((key, fingerprint)).encode("utf-8")
+    return hashlib.blake2b(text, digest_size=12, person=b"cdr-page-v1").hexdigest()
 
 
 def _utc_naive(moment: datetime) -> datetime:
@@ -31,10 +55,9 @@ def _utc_naive(moment: datetime) -> datetime:
 
 
 def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
-    """The `cdr` table row of a record: times in UTC for ranges, `calldate` in the PBX zone."""
-    return {
-        "pbx_id": tenant.id,
-        "started_at": _utc_naive(record.started_at),
+    """The `cdr` table row of a record: times in UTC for ranges, `calldate` in the PBX zone,
+    and the row's `/cdr` JSON object (`rendered`), so that no read renders it again."""
+    shown: dict[str, object] = {
         "calldate": local_timestamp(record.started_at, tenant.zone),
         "clid": record.clid,
         "src": record.src,
@@ -46,9 +69,35 @@ def cdr_row_values(tenant: Tenant, record: CdrRecord) -> dict[str, object]:
         "billsec": record.billsec,
         "disposition": record.disposition.value,
         "uniqueid": record.uniqueid,
-        "cost": record.cost,
+        "cost": "" if record.cost is None else str(record.cost),
         "zone": record.zone,
     }
+    return {
+        **shown,
+        "pbx_id": tenant.id,
+        "started_at": _utc_naive(record.started_at),
+        "cost": record.cost,
+        "rendered": orjson.dumps(shown).decode("utf-8"),
+    }
+
+
+async def set_cdr_cost(conn: AsyncConnection, pbx_id: int, uniqueid: str, cost: int) -> None:
+    """Set the cost of a stored CDR row (an SMS's, known after it was sent), with its
+    rendered JSON, and bump the PBX's cdr_revision so that cached pages and ETags change."""
+    rows = await conn.execute(
+        select(cdr.c.id, cdr.c.rendered).where(cdr.c.pbx_id == pbx_id, cdr.c.uniqueid == uniqueid)
+    )
+    changed = 0
+    for row_id, rendered in rows.all():
+        shown = orjson.loads(rendered)
+        shown["cost"] = str(cost)
+        values = {"cost": cost, "rendered": orjson.dumps(shown).decode("utf-8")}
+        await conn.execute(update(cdr).where(cdr.c.id == row_id).values(**values))
+        changed += 1
+    if changed:
+        await conn.execute(
+            update(pbx).where(pbx.c.id == pbx_id).values(cdr_revision=pbx.c.cdr_revision + 1)
+        )
 
 
 class CallStore:
@@ -58,6 +107,31 @@ class CallStore:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._cdr_pages = PageCache(page_cache_bytes)
+        self._cdr_statements = self._cdr_page_statements()
+        self._cdr_count = Read(self._cdr_statements.count, engine.dialect)
+        self._cdr_body = Read(self._cdr_statements.body, engine.dialect)
+        self._cdr_stamp = Read(
+            select(
+                select(func.max(cdr.c.id)).scalar_subquery(),
+                select(pbx.c.cdr_revision).where(pbx.c.id == bindparam("pbx")).scalar_subquery(),
+            ),
+            engine.dialect,
+        )
+        self._recording_list = self._list_read(
+            recording,
+            recording.c.uniqueid,
+            recording.c.src,
+            recording.c.dst,
+            recording.c.format,
+            recording.c.calldate.label("date"),
+        )
+        self._transcription_list = self._list_read(
+            transcription,
+            transcription.c.uniqueid,
+            transcription.c.calldate,
+            transcription.c.src,
+            transcription.c.dst,
+        )
 
     # -- CDR -------------------------------------------------------------------------------
 
@@ -71,55 +145,79 @@ class CallStore:
         """CDR rows of `period`, oldest first, at most `cap`, as JSON bytes.
 
         A page rendered before is served again when the range's rows are provably the
-        same (storage/page_cache.py): CDR rows are append-only.
+        same (storage/page_cache.py). Otherwise one statement reads the fingerprint and
+        joins the rows' stored JSON objects, so the page and the fingerprint it is cached
+        (and tagged) under come from the same snapshot. Both statements are built once
+        (bound parameters): building them per request cost more than running the count.
         """
         low, high = period.utc_bounds()
-        where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
-        fingerprint_query = select(func.count(), func.min(cdr.c.id), func.max(cdr.c.id)).where(
-            *where
-        )
+        params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         key = (tenant.id, tenant.name, low, high, cap)
+        stamp: Stamp | None = None
         async with self._engine.connect() as conn:
-            count, first, last = (await conn.execute(fingerprint_query)).one()
-        fingerprint: Fingerprint = (int(count), first, last)
-        cached = self._cdr_pages.get(key, fingerprint)
-        if cached is not None:
-            return cached
-        page = await self._page(self.cdr_query(tenant, period, cap), cap)
-        if page.total == fingerprint[0]:  # nothing arrived between the two reads
-            self._cdr_pages.put(key, fingerprint, page)
+            if self._dialect == "sqlite":  # ids in commit order: see storage/page_cache.py
+                newest, revision = await self._cdr_stamp.one(conn, params)
+                stamp = (int(newest or 0), int(revision))
+                cached = self._cdr_pages.fresh(key, stamp)
+                if cached is not None:
+                    return cached
+            count, revision = await self._cdr_count.one(conn, params)
+            cached = self._cdr_pages.get(key, (int(count), int(revision)), stamp)
+            if cached is not None:
+                return cached
+            count, revision, body = await self._cdr_body.one(conn, params)
+        fingerprint = (int(count), int(revision))
+        page = JsonPage(bytes(body), fingerprint[0], cap, _page_tag(key, fingerprint))
+        self._cdr_pages.put(key, fingerprint, page, stamp)
         return page
 
     def cdr_query(self, tenant: Tenant, period: DateRange, cap: int) -> PageQuery:
-        """The statements of `cdr_page` (public so that tests can EXPLAIN them).
+        """The statements of `cdr_page` with this request's values (for tests to EXPLAIN).
 
-        The range on (pbx_id, started_at) is served by the index ix_cdr_pbx_started.
+        `count` is the fingerprint (rows in the range, the PBX's cdr_revision); `body` is
+        the same fingerprint and the page: the first `cap` rows' `rendered` objects, joined.
+        Both are served by the index ix_cdr_pbx_started on (pbx_id, started_at).
         """
         low, high = period.utc_bounds()
-        where = (cdr.c.pbx_id == tenant.id, cdr.c.started_at >= low, cdr.c.started_at < high)
+        values = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
+        return PageQuery(
+            self._cdr_statements.body.params(values), self._cdr_statements.count.params(values)
+        )
+
+    def _cdr_page_statements(self) -> PageQuery:
+        where = (
+            cdr.c.pbx_id == bindparam("pbx"),
+            cdr.c.started_at >= bindparam("low", type_=cdr.c.started_at.type),
+            cdr.c.started_at < bindparam("high", type_=cdr.c.started_at.type),
+        )
+        revision = select(pbx.c.cdr_revision).where(pbx.c.id == bindparam("pbx"))
+        fingerprint = select(
+            func.count().label("total"), revision.scalar_subquery().label("revision")
+        ).where(*where)
         rows = (
-            select(
-                cdr.c.calldate,
-                cdr.c.clid,
-                cdr.c.src,
-                cdr.c.dst,
-                cdr.c.channel,
-                cdr.c.dstchannel,
-                cdr.c.lastapp,
-                cdr.c.duration,
-                cdr.c.billsec,
-                cdr.c.disposition,
-                cdr.c.uniqueid,
-                func.coalesce(cast(cdr.c.cost, Text), "").label("cost"),
-                cdr.c.zone,
-                *ordered([cdr.c.started_at, cdr.c.id]),
-            )
+            select(cdr.c.rendered, cdr.c.started_at, cdr.c.id)
             .where(*where)
             .order_by(cdr.c.started_at, cdr.c.id)
-            .limit(cap)
+            .limit(bindparam("cap", type_=Integer))
+            .subquery("rows")
         )
-        count = select(func.count()).select_from(cdr).where(*where)
-        return PageQuery(json_array_of(self._dialect, rows), count)
+        # The ordered, limited subquery feeds the aggregate in its order (as in
+        # json_rows.json_array_of on SQLite; tests/test_storage_calls.py checks order and
+        # ties on both engines). An ORDER BY inside string_agg would sort the 3 MB of
+        # rendered rows a second time.
+        if self._dialect == "postgresql":
+            joined = func.string_agg(rows.c.rendered, literal(","))
+        else:
+            joined = func.group_concat(rows.c.rendered, ",")
+        array: Any = literal("[") + func.coalesce(joined, "") + literal("]")
+        # As bytes straight from the driver: no 3 MB decode to str and encode back.
+        if self._dialect == "postgresql":
+            array = func.convert_to(array, literal("UTF8"), type_=LargeBinary)
+        else:
+            array = cast(array, LargeBinary)
+        fp = fingerprint.subquery("fp")
+        page = select(array).select_from(rows).scalar_subquery()
+        return PageQuery(select(fp.c.total, fp.c.revision, page.label("page")), fingerprint)
 
     async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
         query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)
@@ -154,27 +252,7 @@ class CallStore:
         return bool(result.rowcount == 1)
 
     async def recording_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
-        low, high = period.utc_bounds()
-        where = (
-            recording.c.pbx_id == tenant.id,
-            recording.c.started_at >= low,
-            recording.c.started_at < high,
-        )
-        rows = (
-            select(
-                recording.c.uniqueid,
-                recording.c.src,
-                recording.c.dst,
-                recording.c.format,
-                recording.c.calldate.label("date"),
-                *ordered([recording.c.started_at, recording.c.id]),
-            )
-            .where(*where)
-            .order_by(recording.c.started_at, recording.c.id)
-            .limit(cap)
-        )
-        count = select(func.count()).select_from(recording).where(*where)
-        return await self._page(PageQuery(json_array_of(self._dialect, rows), count), cap)
+        return await self._page(self._recording_list, tenant, period, cap)
 
     async def get_recording(self, tenant: Tenant, uniqueid: str) -> RecordingInfo | None:
         query = select(recording).where(
@@ -220,26 +298,7 @@ class CallStore:
             await conn.execute(statement)
 
     async def transcription_page(self, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
-        low, high = period.utc_bounds()
-        where = (
-            transcription.c.pbx_id == tenant.id,
-            transcription.c.started_at >= low,
-            transcription.c.started_at < high,
-        )
-        rows = (
-            select(
-                transcription.c.uniqueid,
-                transcription.c.calldate,
-                transcription.c.src,
-                transcription.c.dst,
-                *ordered([transcription.c.started_at, transcription.c.id]),
-            )
-            .where(*where)
-            .order_by(transcription.c.started_at, transcription.c.id)
-            .limit(cap)
-        )
-        count = select(func.count()).select_from(transcription).where(*where)
-        return await self._page(PageQuery(json_array_of(self._dialect, rows), count), cap)
+        return await self._page(self._transcription_list, tenant, period, cap)
 
     async def get_transcription(self, tenant: Tenant, uniqueid: str) -> dict[str, str] | None:
         query = select(
@@ -253,14 +312,32 @@ class CallStore:
 
     # -- shared ----------------------------------------------------------------------------
 
-    async def _page(self, query: PageQuery, cap: int) -> JsonPage:
-        # Both on one connection. Under READ COMMITTED a row committed between the two
-        # statements can make the total differ by a few from the rows; that only affects
-        # X-Total-Count, never which rows are returned.
+    async def _page(self, read: Read, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
+        low, high = period.utc_bounds()
+        params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         async with self._engine.connect() as conn:
-            total = int((await conn.execute(query.count)).scalar_one())
-            body = (await conn.execute(query.body)).scalar_one()
-        return JsonPage(body.encode("utf-8"), total, cap)
+            total, body = await read.one(conn, params)
+        return JsonPage(body.encode("utf-8"), int(total), cap)
+
+    def _list_read(self, table: Table, *columns: Any) -> Read:
+        """(rows in the range, their first `cap` as a JSON array), in one statement built
+        once: one round trip, and no statement building per request. Under READ COMMITTED
+        the two subqueries may see a row committed in between; that only affects the
+        total, never which rows are returned."""
+        where = (
+            table.c.pbx_id == bindparam("pbx"),
+            table.c.started_at >= bindparam("low", type_=table.c.started_at.type),
+            table.c.started_at < bindparam("high", type_=table.c.started_at.type),
+        )
+        rows = (
+            select(*columns, *ordered([table.c.started_at, table.c.id]))
+            .where(*where)
+            .order_by(table.c.started_at, table.c.id)
+            .limit(bindparam("cap", type_=Integer))
+        )
+        count = select(func.count()).select_from(table).where(*where).scalar_subquery()
+        body = json_array_of(self._dialect, rows).scalar_subquery()
+        return Read(select(count.label("total"), body.label("body")), self._engine.dialect)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL do)."""

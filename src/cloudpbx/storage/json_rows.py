@@ -1,15 +1,16 @@
 """Lists rendered to JSON by the database itself.
 
-The list endpoints return up to 10,000 rows. Building them row by row in Python costs more
-than the query; SQLite's `json_group_array(json_object(...))` and PostgreSQL's
-`json_agg(json_build_object(...) ORDER BY ...)` produce the JSON array in C, and the API
-sends those bytes as they are.
+`/record` and `/transcription` return up to 10,000 rows. Building them row by row in
+Python costs more than the query; SQLite's `json_group_array(json_object(...))` and
+PostgreSQL's `json_agg(json_build_object(...) ORDER BY ...)` produce the JSON array in C,
+and the API sends those bytes as they are. (`/cdr` joins JSON stored per row when it was
+written: storage/calls.py.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, Text, cast, func, literal_column, select
@@ -20,11 +21,19 @@ ORDER_PREFIX = "_order_"
 
 @dataclass(frozen=True, slots=True)
 class JsonPage:
-    """A list already rendered as a JSON array, and how many rows matched in all."""
+    """A list already rendered as a JSON array, and how many rows matched in all.
+
+    `tag` is a strong validator of `body` when the store can name one without reading
+    the bytes (the /cdr fingerprint); None leaves it to the API to hash the body.
+    `derived` is where the API keeps what it computes from the page once (its ETag, its
+    gzip body): a page served from the cache is compressed once, not per request.
+    """
 
     body: bytes
     total: int
     cap: int
+    tag: str | None = None
+    derived: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def truncated(self) -> bool:

@@ -14,11 +14,11 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Row, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.records import CdrRecord, SmsMessage
 from cloudpbx.domain.states import SmsStatus
-from cloudpbx.storage.calls import cdr_row_values
+from cloudpbx.storage.calls import cdr_row_values, set_cdr_cost
 from cloudpbx.storage.tables import cdr, pbx, sms, sms_status_history
 from cloudpbx.storage.tenants import Tenant, utcnow
 
@@ -324,17 +324,7 @@ class SmsStore:
                     .values(gateway_id=gateway_id)
                 )
             if cost is not None:
-                await self._set_cdr_cost(conn, pbx_id, response_id, cost)
-
-    @staticmethod
-    async def _set_cdr_cost(
-        conn: AsyncConnection, pbx_id: int, response_id: str, cost: int
-    ) -> None:
-        await conn.execute(
-            update(cdr)
-            .where(cdr.c.pbx_id == pbx_id, cdr.c.uniqueid == response_id)
-            .values(cost=cost)
-        )
+                await set_cdr_cost(conn, pbx_id, response_id, cost)
 
     async def reschedule(self, pbx_id: int, response_id: str, due_at: datetime | None) -> None:
         """The next look at a message that has no final status yet."""

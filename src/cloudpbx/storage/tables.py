@@ -44,6 +44,9 @@ pbx = Table(
     Column("sms_gateway", String(32), nullable=True),
     # Event ids are handed out from blocks reserved here, so ids never repeat after a crash.
     Column("event_id_reserved", BigInteger, nullable=False, server_default="0"),
+    # Bumped whenever a stored CDR row changes (an SMS's cost arriving later): CDR rows are
+    # otherwise only added, and the /cdr page cache and ETags rely on both (page_cache.py).
+    Column("cdr_revision", BigInteger, nullable=False, server_default="0"),
     Column("created_at", DateTime, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -79,6 +82,11 @@ cdr = Table(
     Column("uniqueid", String(64), nullable=False),
     Column("cost", Integer, nullable=True),
     Column("zone", String(64), nullable=False, server_default=""),
+    # The row as its `/cdr` JSON object, rendered once when the row is written (migration
+    # 0004_cdr_rendered): a page is then these strings joined with commas. The default
+    # exists only because SQLite cannot add a NOT NULL column without one; every writer
+    # sets it (storage/calls.py, cdr_row_values).
+    Column("rendered", Text, nullable=False, server_default=""),
     Index("ix_cdr_pbx_started", "pbx_id", "started_at"),
     Index("ix_cdr_pbx_uniqueid", "pbx_id", "uniqueid"),
     sqlite_autoincrement=True,

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.errors import BadRequest, Conflict, NotFound
+from cloudpbx.storage.reads import Read
 from cloudpbx.storage.tables import api_key, pbx
 
 PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -100,6 +101,13 @@ class TenantStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Every authenticated request reads this: built once, one trip on SQLite.
+        self._key_lookup = Read(
+            select(api_key.c.key_hash, pbx.c.id, pbx.c.name, pbx.c.timezone, pbx.c.sms_gateway)
+            .join(pbx, pbx.c.id == api_key.c.pbx_id)
+            .where(api_key.c.key_hash == bindparam("digest"), api_key.c.revoked_at.is_(None)),
+            engine.dialect,
+        )
 
     async def create(
         self, name: str, timezone: str = "Europe/Warsaw", sms_gateway: str | None = None
@@ -195,16 +203,14 @@ class TenantStore:
     async def authenticate(self, key: str) -> Tenant | None:
         """The PBX a live key belongs to, or None (unknown or revoked)."""
         digest = hash_key(key)
-        query = (
-            select(api_key.c.key_hash, pbx.c.id, pbx.c.name, pbx.c.timezone, pbx.c.sms_gateway)
-            .join(pbx, pbx.c.id == api_key.c.pbx_id)
-            .where(api_key.c.key_hash == digest, api_key.c.revoked_at.is_(None))
-        )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
+            row = await self._key_lookup.first(conn, {"digest": digest})
+        if row is None:
             return None
-        return Tenant(row.id, row.name, ZoneInfo(row.timezone), row.sms_gateway)
+        key_hash, pbx_id, name, timezone, sms_gateway = row
+        if not hmac.compare_digest(bytes(key_hash), digest):
+            return None
+        return Tenant(pbx_id, name, ZoneInfo(timezone), sms_gateway)
 
     async def list_keys(self, name: str | None = None) -> builtins.list[ApiKeyInfo]:
         """Keys of PBX `name` (all PBXes when None), oldest first; unknown PBX: NotFound."""

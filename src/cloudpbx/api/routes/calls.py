@@ -97,18 +97,27 @@ def _list_of(rows: Any) -> dict[int | str, dict[str, Any]]:
     return {**CLIENT_ERRORS, 200: {"model": rows, "headers": headers}}
 
 
+# Every GET here also answers HEAD (the same headers, no body), outside the OpenAPI document.
+@router.head("/cdr", include_in_schema=False)
 @router.get(
     "/cdr", tags=["calls"], responses=_list_of(list[CdrRow]), summary="CDR rows of a date range"
 )
 async def list_cdr(
-    tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
+    request: Request,
+    tenant: TenantDep,
+    runtime: RuntimeDep,
+    datestart: DateStart = None,
+    datestop: DateStop = None,
 ) -> Response:
     """Billing records, oldest first, at most `cdr_cap` (10,000); `X-Total-Count` always,
-    `X-Truncated: true` when more matched."""
+    `X-Truncated: true` when more matched. gzip on `Accept-Encoding: gzip`; a strong `ETag`,
+    and 304 on a matching `If-None-Match`."""
     period = date_range(datestart, datestop, tenant.zone)
-    return page_response(await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap))
+    page = await runtime.calls.cdr_page(tenant, period, runtime.settings.cdr_cap)
+    return await page_response(request, page)
 
 
+@router.head("/transcription", include_in_schema=False)
 @router.get(
     "/transcription",
     tags=["calls"],
@@ -116,16 +125,22 @@ async def list_cdr(
     summary="Finished transcriptions",
 )
 async def list_transcriptions(
-    tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
+    request: Request,
+    tenant: TenantDep,
+    runtime: RuntimeDep,
+    datestart: DateStart = None,
+    datestop: DateStop = None,
 ) -> Response:
     period = date_range(datestart, datestop, tenant.zone)
     cap = runtime.settings.transcription_cap
-    return page_response(await runtime.calls.transcription_page(tenant, period, cap))
+    page = await runtime.calls.transcription_page(tenant, period, cap)
+    return await page_response(request, page)
 
 
 # `:path` (here and on /record) takes ids with `/` in them (`..%2F..`) to the handler, whose
 # check refuses them with a 400; the plain converter let them fall through to a 404 or a
 # slash redirect.
+@router.head("/transcription/{uniqueid:path}", include_in_schema=False)
 @router.get(
     "/transcription/{uniqueid:path}",
     tags=["calls"],
@@ -139,6 +154,7 @@ async def get_transcription(uniqueid: UniqueId, tenant: TenantDep, runtime: Runt
     return OrjsonResponse(found)
 
 
+@router.head("/record", include_in_schema=False)
 @router.get(
     "/record",
     tags=["calls"],
@@ -146,11 +162,16 @@ async def get_transcription(uniqueid: UniqueId, tenant: TenantDep, runtime: Runt
     summary="Recordings of a date range",
 )
 async def list_recordings(
-    tenant: TenantDep, runtime: RuntimeDep, datestart: DateStart = None, datestop: DateStop = None
+    request: Request,
+    tenant: TenantDep,
+    runtime: RuntimeDep,
+    datestart: DateStart = None,
+    datestop: DateStop = None,
 ) -> Response:
     period = date_range(datestart, datestop, tenant.zone)
     cap = runtime.settings.record_cap
-    return page_response(await runtime.calls.recording_page(tenant, period, cap))
+    page = await runtime.calls.recording_page(tenant, period, cap)
+    return await page_response(request, page)
 
 
 @router.head("/record/{uniqueid:path}", include_in_schema=False)
