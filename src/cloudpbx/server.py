@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from cloudpbx.api.app import create_app
+from cloudpbx.api.keepalive import keepalive_protocol
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -16,15 +17,16 @@ log = logging.getLogger(__name__)
 
 def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
     """wsproto serves the WebSocket: it accepts the document's own curl handshake, whose
-    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects."""
+    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects. Pings come from
+    one keep-alive sweep (api/keepalive.py), not from uvicorn's timers per connection."""
     settings = runtime.settings
     return uvicorn.Config(
         create_app(runtime),
         host=settings.host,
         port=settings.port,
-        ws="wsproto",
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
+        ws=keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout),
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         # Every message is small JSON; compressing it per connection doubled the CPU of
         # fan-out and grew each connection from ~38 to ~130 KiB (bench/, docs/benchmarks.md).
         ws_per_message_deflate=False,
