@@ -93,8 +93,8 @@ async def test_the_stream_keeps_flowing_under_parallel_sms_posts(tmp_path: Path)
                     message = orjson.loads(raw)
                     if "extstatus" in message["text"]:
                         latencies[message["id"]] = time.monotonic()
-                    if stop.is_set() and len(latencies) == len(published_at):
-                        return
+                        if message["text"]["extstatus"]["exten"] == "999":
+                            return  # the end marker
 
             reader = asyncio.create_task(read_probes())
             load = [asyncio.create_task(poster()) for _ in range(8)]
@@ -111,6 +111,8 @@ async def test_the_stream_keeps_flowing_under_parallel_sms_posts(tmp_path: Path)
             finally:
                 stop.set()
                 await asyncio.gather(*load)
+            [end] = await server.runtime.hub.publish(tenant, [ExtStatus("999", DeviceState.IDLE)])
+            published_at[end.id] = time.monotonic()
             await asyncio.wait_for(reader, 30)
     assert sent_sms >= 8  # the load really ran
     assert list(latencies) == list(published_at)  # every probe, in order
