@@ -3,11 +3,14 @@
 Why not uvicorn's own pings: they come from two timers per connection and go out every
 `ws_ping_interval` whatever else was sent, and the interval has to be short (clients such
 as textalk/websocket give up after 5 s without data, and a ping counts as data). Here a
-single task per server walks a registry of connections every quarter interval; a
-connection that was sent nothing for `interval` seconds gets a ping, and one that leaves
-a ping unanswered for `timeout` seconds is closed with 1011. A busy connection is never
-pinged: its messages already are the keep-alive. The ping frame is the same two bytes for
-every connection (a server frame is not masked), written straight to the transport.
+single task per server keeps the connections on a timing wheel (slots of a tenth of the
+interval) and, each tick, looks only at those whose slot came up: a connection that was
+sent nothing for `interval` seconds gets a ping, one that leaves a ping unanswered for
+`timeout` seconds is closed with 1011, one that was busy is put back in the slot its
+last message makes due. A busy connection is never pinged: its messages already are the
+keep-alive. The ping frame is the same two bytes for every connection (a server frame is
+not masked), written straight to the transport; the answer, a client's empty pong, is
+recognised without the frame parser when it arrives alone and between frames.
 
 Closes that the server initiates here (keep-alive timeout, server shutdown) carry the id
 the client should resume from, which the endpoint keeps in `resume_id` (reached through
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 from uvicorn.config import Config
@@ -33,6 +37,8 @@ RESUME_EXTENSION = "cloudpbx.resume"
 """Scope extension: the connection object whose `resume_id` the endpoint keeps current."""
 PING_FRAME = b"\x89\x00"
 """FIN + opcode 9 (ping), unmasked, empty payload."""
+EMPTY_PONG = b"\x8a\x80"
+"""FIN + opcode 10 (pong), masked, empty payload: 4 mask bytes follow, nothing else."""
 ABORT_AFTER = 2.0
 """Seconds a closed-by-timeout connection gets to flush its close frame before it is cut."""
 
@@ -43,50 +49,72 @@ def resume_reason(what: str, resume_id: int | None) -> str:
 
 
 class KeepAlive:
-    """The registry of a server's open WebSocket connections and the sweep that pings them."""
+    """The open WebSocket connections of one server, and the sweep that keeps them alive."""
 
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
-        self.tick = interval / 4
-        self._connections: set[KeepAliveWSProtocol] = set()
+        self.tick = interval / 10
+        self._slots: dict[int, list[KeepAliveWSProtocol]] = {}
+        self._live = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._connections)
+        return self._live
 
     def add(self, connection: KeepAliveWSProtocol) -> None:
-        self._connections.add(connection)
+        connection.registered = True
+        self._live += 1
+        self._schedule(connection, connection.last_sent + self.interval)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._run(), name="websocket-keepalive"
             )
 
     def discard(self, connection: KeepAliveWSProtocol) -> None:
-        self._connections.discard(connection)
+        """Forget a connection; its slot entry is skipped when the slot comes up."""
+        if connection.registered:
+            connection.registered = False
+            self._live -= 1
+
+    def _schedule(self, connection: KeepAliveWSProtocol, due: float) -> None:
+        self._slots.setdefault(math.ceil(due / self.tick), []).append(connection)
 
     async def _run(self) -> None:
         """Sweep until the last connection is gone (the next one starts it again)."""
         loop = asyncio.get_running_loop()
-        while self._connections:
+        while self._live:
             await asyncio.sleep(self.tick)
             try:
                 self.sweep(loop.time())
             except Exception:  # pragma: no cover - one bad connection must not stop pings
                 log.exception("WebSocket keep-alive sweep failed")
+        self._slots.clear()
 
     def sweep(self, now: float) -> None:
-        quiet_since = now - self.interval
-        expired = now - self.timeout
-        for connection in tuple(self._connections):
-            if connection.abort_at is not None:
-                if now >= connection.abort_at:
-                    connection.transport.abort()
-            elif connection.ping_sent_at is not None:
-                if connection.ping_sent_at <= expired:
-                    connection.keepalive_expired(now)
-            elif connection.last_sent <= quiet_since:
-                connection.ping(now)
+        current = math.floor(now / self.tick)
+        for slot in [slot for slot in self._slots if slot <= current]:
+            for connection in self._slots.pop(slot):
+                if connection.registered:
+                    self._check(connection, now)
+
+    def _check(self, connection: KeepAliveWSProtocol, now: float) -> None:
+        if connection.abort_at is not None:  # closed for a timeout, not gone yet
+            if now >= connection.abort_at:
+                connection.transport.abort()
+            else:
+                self._schedule(connection, connection.abort_at)
+        elif connection.ping_sent_at is not None:  # waiting for a pong
+            if now - connection.ping_sent_at >= self.timeout:
+                connection.keepalive_expired(now)
+                self._schedule(connection, now + ABORT_AFTER)
+            else:
+                self._schedule(connection, connection.ping_sent_at + self.timeout)
+        elif now - connection.last_sent >= self.interval:
+            connection.ping(now)
+            self._schedule(connection, now + min(self.interval, self.timeout))
+        else:
+            self._schedule(connection, connection.last_sent + self.interval)
 
 
 class KeepAliveWSProtocol(WSProtocol):
@@ -109,6 +137,7 @@ class KeepAliveWSProtocol(WSProtocol):
         self.ping_sent_at: float | None = None  # type: ignore[assignment]  # None: no ping out
         self.abort_at: float | None = None
         self.resume_id: int | None = None
+        self.registered = False
 
     def handle_connect(self, event: events.Request) -> None:
         super().handle_connect(event)
@@ -132,6 +161,22 @@ class KeepAliveWSProtocol(WSProtocol):
         self.ping_sent_at = now
         self.last_sent = now
         self.transport.write(PING_FRAME)
+
+    def data_received(self, data: bytes) -> None:
+        if data[:2] == EMPTY_PONG and len(data) == 6 and self._between_frames():
+            self.ping_sent_at = None  # the answer to our ping, alone: skip the parser
+            return
+        super().data_received(data)
+
+    def _between_frames(self) -> bool:
+        """Whether wsproto holds no part of a frame (else the bytes must go through it)."""
+        if not self.handshake_complete or self.close_sent:
+            return False
+        try:
+            decoder = self.conn.connection._proto._frame_decoder  # type: ignore[union-attr]
+            return decoder.header is None and not len(decoder.buffer)
+        except AttributeError:  # pragma: no cover - another wsproto: always parse
+            return False
 
     def handle_pong(self, event: events.Pong) -> None:
         self.ping_sent_at = None  # any pong will do: pings carry no payload to match
