@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.common import MAX_CHILD_SECONDS, emit, install_uvloop, raise_fd_limit
+from cloudpbx.api.redaction import redact
 
 CONNECT_CONCURRENCY = 64
 CONNECT_TIMEOUT = 30.0
@@ -240,7 +241,7 @@ class Worker:
             try:
                 client = await kind.open(self.args.url, self.counts, self.args.compression)
             except Exception as exc:
-                failures.append(f"{type(exc).__name__}: {exc}")
+                failures.append(redact(f"{type(exc).__name__}: {exc}"))  # may name the URL
                 return
         self.connections.append(client)
         self.counts.open_count += 1

@@ -14,7 +14,10 @@ import pytest
 from cloudpbx.runtime import Runtime
 from tests.live import LiveServer, make_settings, start_server
 
-pytest_plugins = ("tests.lab_fixtures",)  # the Asterisk lab, one per test session
+pytest_plugins = (
+    "tests.lab_fixtures",  # the Asterisk lab, one per test session
+    "tests.log_guard",  # fails the session if a log record shows an API key
+)
 
 PG_ADMIN_DSN = os.environ.get("CLOUDPBX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

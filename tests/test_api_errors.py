@@ -274,10 +274,9 @@ async def test_wrong_method_is_405_json(
         ("multipart/form-data", b"garbage"),
         ("multipart/form-data; boundary=", b"garbage"),
         ("multipart/form-data; boundary=x", b"--x\r\nnot a part"),
-        ("application/x-www-form-urlencoded", b"to=600100200&body=" + b"a" * 1_100_000),
         ("application/x-www-form-urlencoded", b"&".join(b"f%d=1" % i for i in range(1001))),
     ],
-    ids=["no-boundary", "empty-boundary", "broken-part", "huge-field", "too-many-fields"],
+    ids=["no-boundary", "empty-boundary", "broken-part", "too-many-fields"],
 )
 async def test_unparseable_sms_form_is_400_json(
     seeded: Seeded, content_type: str, content: bytes

@@ -762,6 +762,7 @@ async def test_dial_without_backend_is_action_error(pbxes: Pbxes) -> None:
         ({"cpa": "101", "cpb": "abc"}, "cpb", "invalid_cpb"),
         ({"cpa": "101", "cpb": "600 100 200"}, "cpb", "invalid_cpb"),
         ({"cpa": "101", "cpb": "1" * 33}, "cpb", "invalid_cpb"),
+        ({"cpa": "104", "cpb": "104"}, "cpb", "same_number"),
     ],
 )
 async def test_dial_bad_parameters_are_400(
@@ -854,9 +855,10 @@ async def test_send_sms_recipient_forms(pbxes: Pbxes, to: str) -> None:
     assert row["dst"] == "48600100200"
 
 
-async def test_send_sms_body_of_1024_characters_is_accepted(pbxes: Pbxes) -> None:
+@pytest.mark.parametrize("body", ["a" * 918, "ż" * 402], ids=["918-gsm7", "402-ucs2"])
+async def test_send_sms_body_of_six_parts_is_accepted(pbxes: Pbxes, body: str) -> None:
     server, tenants = pbxes
-    response = await send_sms(server, tenants.a_key, to="600100200", body="ż" * 1024)
+    response = await send_sms(server, tenants.a_key, to="600100200", body=body)
     assert response.status_code == 200
     assert response.json()["responseStatus"] == "QUEUE"
 
@@ -874,8 +876,8 @@ async def test_send_sms_body_of_1024_characters_is_accepted(pbxes: Pbxes) -> Non
         {"to": "٦٠٠١٠٠٢٠٠", "body": "Arabic-Indic digits"},
         {"to": "600100200"},
         {"to": "600100200", "body": ""},
-        {"to": "600100200", "body": "x" * 1025},
-        {"to": "600100200", "body": "ż" * 1025, "test": "true"},
+        {"to": "600100200", "body": "x" * 919},
+        {"to": "600100200", "body": "ż" * 403, "test": "true"},
         {},
     ],
     ids=lambda form: (

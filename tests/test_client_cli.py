@@ -218,6 +218,20 @@ async def test_events_views(live: Live) -> None:
     ):
         assert text in watch.stdout, text
     assert "Unavailable" in watch.stdout  # extension 130 from extstatus
+    # Without a terminal (here, a pipe), the events come as lines, then the table once.
+    assert "101: Ringing ↔ 600100200 (Jan)" in watch.stdout
+    assert watch.stdout.index("phone 130: Unavailable") < watch.stdout.index("Extensions")
+    assert "not a terminal" in watch.stderr
+
+
+async def test_tables_keep_values_whole_in_a_narrow_terminal(live: Live) -> None:
+    server, tenants = live
+    await seed_calls(server, tenants.a_name)
+    args = ("cdr", "--from", "2026-03-01", "--to", "2026-03-31")
+    table = await cli(server, tenants.a_key, *args, env={"COLUMNS": "60"})
+    assert table.exit_code == 0, table.output
+    (row,) = [line for line in table.stdout.splitlines() if "1772539200.2" in line]
+    assert "2026-03-04" in row and "ANSWERED" in row
 
 
 async def test_configuration_sources(live: Live, tmp_path: Path) -> None:

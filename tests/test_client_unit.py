@@ -191,3 +191,23 @@ def test_pbx_state_follows_events() -> None:
     assert list(state.sms) == [str(n) for n in range(5, 15)]
     state.apply(UnknownEvent("future", {}), 30)
     assert (state.last_event_id, state.events_seen) == (30, 22)
+
+
+def test_watch_view_keeps_numbers_and_states_whole_in_a_narrow_terminal() -> None:
+    """Free text wraps; extension numbers, states and times never fold mid-word."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cloudpbx.cli.client import Lang, render_state
+
+    state = PbxState(pbx="MojaCentrala")
+    state.apply(sub(8, "48600100200", "Jan Kowalski-Wiśniewski z Działu Sprzedaży"), 1, now=0.0)
+    state.apply(member(True, "Praca administracyjna"), 2, now=0.0)
+    out = StringIO()
+    Console(file=out, width=44, color_system=None).print(render_state(state, Lang.en, now=75.0))
+    lines = out.getvalue().splitlines()
+    row = next(line for line in lines if "│ 101" in line)
+    assert "Ringing" in row and "1:15" in row
+    agent = next(line for line in lines if "Kolejka1" in line and "102" in line)
+    assert "Ringing" in agent

@@ -103,7 +103,8 @@ async def test_demo_command_serves_a_week_of_history(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        # An engine that cannot run here: the demo must say so calmly and go on.
+        env={**os.environ, "COLUMNS": "200", "CLOUDPBX_TRANSCRIPTION_ENGINE": "whisper"},
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -123,11 +124,39 @@ async def test_demo_command_serves_a_week_of_history(tmp_path: Path) -> None:
             assert len((await client.get("/transcription", params=week)).json()) > 10
             unauthorised = await client.get("/cdr", headers={"Authorization": "Bearer nope"})
             assert unauthorised.status_code == 401
+            await _the_documents_examples_work(client)
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=15)
     assert "MyExampleKey1" in output
     assert f"ws://127.0.0.1:{port}/ws/pbx_MojaCentrala?pbxkey=MyExampleKey1" in output
+    assert "transcripts: written by the simulated PBX" in output
+    assert " ERROR " not in output and "Traceback" not in output
+
+
+async def _the_documents_examples_work(client: httpx.AsyncClient) -> None:
+    """README's lines on a fresh demo: today's lists have rows, `/dial?cpa=101&cpb=200`
+    is accepted time after time (each call to 200 ends FAILED within seconds)."""
+    cdr = (await client.get("/cdr")).json()
+    if any(row["disposition"] == "ANSWERED" for row in cdr):  # none just after midnight
+        assert (await client.get("/record")).json()
+        assert (await client.get("/transcription")).json()
+    around = {
+        "datestart": (date.today() - timedelta(days=1)).isoformat(),
+        "datestop": (date.today() + timedelta(days=1)).isoformat(),
+    }
+    for count in range(1, 4):
+        dial = await client.get("/dial", params={"cpa": "101", "cpb": "200"})
+        assert (dial.status_code, dial.text) == (200, "OK")
+        dialled: list[dict[str, Any]] = []
+        async with asyncio.timeout(60):
+            while len(dialled) < count:
+                await asyncio.sleep(0.2)
+                rows = (await client.get("/cdr", params=around)).json()
+                dialled = [r for r in rows if (r["src"], r["dst"]) == ("101", "200")]
+        assert dialled[-1]["disposition"] == "FAILED"
+    same = await client.get("/dial", params={"cpa": "104", "cpb": "104"})
+    assert same.status_code == 400 and same.json()["code"] == "same_number"
 
 
 async def test_head_of_a_recording_gives_its_size_without_the_body(live) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,12 @@ import httpx
 import pytest
 
 from cloudpbx import __version__
+from cloudpbx.api.routes.params import (
+    DATE_PATTERN,
+    DIALABLE_PATTERN,
+    EXTENSION_PATTERN,
+    UNIQUEID_PATTERN,
+)
 from tests.live import LiveServer
 from tests.test_api_rest import CDR_FIELDS, http, module_server
 
@@ -176,6 +182,28 @@ def test_describes_send_sms(spec: dict[str, Any]) -> None:
     assert [p["name"] for p in dial["parameters"]] == ["cpa", "cpb"]
 
 
+def test_parameters_declare_their_rules(spec: dict[str, Any]) -> None:
+    """Patterns on every parameter with a rule (tests/test_api_patterns.py checks that the
+    server agrees with them); /dial's numbers are required, as the server treats them."""
+
+    def schema(path: str, name: str) -> dict[str, Any]:
+        (parameter,) = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == name]
+        found: dict[str, Any] = parameter["schema"]
+        assert found["type"] == "string"
+        return found
+
+    for path in ("/cdr", "/record", "/transcription"):
+        for name in ("datestart", "datestop"):
+            assert schema(path, name)["pattern"] == DATE_PATTERN
+            assert schema(path, name)["format"] == "date"
+    for path in ("/record/{uniqueid}", "/transcription/{uniqueid}"):
+        assert schema(path, "uniqueid")["pattern"] == UNIQUEID_PATTERN
+        assert schema(path, "uniqueid")["maxLength"] == 64
+    assert schema("/dial", "cpa")["pattern"] == EXTENSION_PATTERN
+    assert schema("/dial", "cpb")["pattern"] == DIALABLE_PATTERN
+    assert all(p["required"] for p in spec["paths"]["/dial"]["get"]["parameters"])
+
+
 async def test_docs_page_is_html(server: LiveServer) -> None:
     async with http(server) as client:
         response = await client.get("/docs")
@@ -199,6 +227,7 @@ async def test_healthz(server: LiveServer, authorization: str | None) -> None:
         "version": __version__,
         "database": "ok",
         "backends": [],
+        "sms": [{"gateway": "simulator", "status": "ok"}],
     }
 
 

@@ -11,12 +11,15 @@ import re
 import time
 import wave
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from cloudpbx.adapters.simulator import SimulatorBackend
+from cloudpbx.adapters.simulator.backfill import RECENT_RECORDINGS
+from cloudpbx.adapters.simulator.model import DIAL_DESK
 from cloudpbx.domain.events import Event, ExtStatus, QueueCalls, QueueMember, Subscriber
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.domain.states import DeviceState, Disposition, MemberStatus
@@ -201,30 +204,30 @@ async def test_originate_rings_a_then_b_and_writes_the_cdr(sink: MemorySink) -> 
     backend = SimulatorBackend([PBX], seed=3, rate=0, speed=1000)
     await backend.start(sink)
     try:
-        result = await backend.originate(PBX, "101", "102")
+        result = await backend.originate(PBX, "102", "101")
         assert result.accepted and result.reference
         await wait_for(lambda: sink.cdr_rows and sink.transcriptions)
     finally:
         await backend.stop()
 
     states = [(n, int(s)) for n, s in sink.phone_states()]
-    assert states[:5] == [("101", 8), ("101", 32), ("102", 8), ("102", 1), ("101", 1)]
+    assert states[:5] == [("102", 8), ("102", 32), ("101", 8), ("101", 1), ("102", 1)]
     assert sorted(states[-2:]) == [("101", 0), ("102", 0)]
     assert {s for _, s in states[5:-2]} <= {16, 1}
     first = sink.batches[0]
-    assert isinstance(first[0], Subscriber) and first[0].connect_peer_number == "102"
-    assert first[0].connect_peer_name == "Jan Nowak"
+    assert isinstance(first[0], Subscriber) and first[0].connect_peer_number == "101"
+    assert first[0].connect_peer_name == "Anna Kowalska"
     assert [type(e) for e in first[:2]] == [Subscriber, ExtStatus]
     assert [(m.queue, m.status) for m in first[2:] if isinstance(m, QueueMember)] == [
         ("Kolejka1", MemberStatus.RINGING)
     ]
 
     (row,) = sink.cdr_rows
-    assert (row.src, row.dst, row.lastapp) == ("101", "102", "Dial")
+    assert (row.src, row.dst, row.lastapp) == ("102", "101", "Dial")
     assert row.disposition is Disposition.ANSWERED
-    assert row.clid == '"Anna Kowalska" <101>'
-    assert PHONE_CHANNEL.match(row.channel) and row.channel.startswith(f"SIP/{PBX}-101-")
-    assert row.dstchannel.startswith(f"SIP/{PBX}-102-")
+    assert row.clid == '"Jan Nowak" <102>'
+    assert PHONE_CHANNEL.match(row.channel) and row.channel.startswith(f"SIP/{PBX}-102-")
+    assert row.dstchannel.startswith(f"SIP/{PBX}-101-")
     assert 0 < row.billsec <= row.duration
     assert sink.order.index("cdr") < sink.order.index("recording")
     assert sink.recordings[0].uniqueid == row.uniqueid
@@ -323,7 +326,7 @@ async def test_backfill_fills_the_last_week(sink: MemorySink) -> None:
     assert days == set(range(7))
     assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
     assert len({r.uniqueid for r in rows}) == len(rows)
-    assert 0 < len(sink.recordings) <= 50
+    assert 0 < len(sink.recordings) <= 50 + RECENT_RECORDINGS
     assert len(sink.transcriptions) == len(sink.recordings)
     for info in sink.recordings:
         with wave.open(str(sink.recordings_dir(PBX) / info.path)) as audio:
@@ -332,6 +335,66 @@ async def test_backfill_fills_the_last_week(sink: MemorySink) -> None:
     again = MemorySink(sink.folder / "again")
     await SimulatorBackend([PBX], seed=9, clock=lambda: now).backfill(again, PBX)
     assert again.cdr_rows == rows
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        datetime(2026, 11, 27, 13, 40, tzinfo=UTC),  # a Friday afternoon in Warsaw
+        datetime(2026, 12, 5, 14, 30, tzinfo=UTC),  # a Saturday: few calls
+    ],
+)
+async def test_backfill_reaches_up_to_now_with_recordings_of_today(
+    sink: MemorySink, now: datetime
+) -> None:
+    """The document's `/record` and `/transcription` (today) have rows on a first start."""
+    zone = ZoneInfo("Europe/Warsaw")
+    for seed in range(3):
+        fresh = MemorySink(sink.folder / str(seed))
+        await SimulatorBackend([PBX], seed=seed, clock=lambda: now).backfill(fresh, PBX)
+        last = max(row.started_at for row in fresh.cdr_rows)
+        assert now - timedelta(hours=2) < last < now
+        today = now.astimezone(zone).date()
+        recorded_today = {
+            info.uniqueid
+            for info in fresh.recordings
+            if info.started_at.astimezone(zone).date() == today
+        }
+        assert len(recorded_today) >= RECENT_RECORDINGS
+        assert recorded_today <= {t.uniqueid for t in fresh.transcriptions}
+        answered = [row for row in fresh.cdr_rows if row.disposition is Disposition.ANSWERED]
+        newest = {row.uniqueid for row in answered[-RECENT_RECORDINGS:]}
+        assert newest <= {info.uniqueid for info in fresh.recordings}
+
+
+async def test_the_desk_phone_is_left_to_dial(sink: MemorySink) -> None:
+    """101 (the document's `/dial` example) is never taken by the office's own traffic:
+    on a busy PBX, `/dial` from it is accepted time after time."""
+    backend = SimulatorBackend([PBX], seed=12, rate=40, speed=200, backfill_days=2)
+    history = MemorySink(sink.folder / "history")
+    await backend.backfill(history, PBX)
+    assert len(history.cdr_rows) > 100
+    assert not [r for r in history.cdr_rows if DIAL_DESK in (r.src, r.dst)]
+
+    def dialled() -> list[CdrRecord]:
+        return [r for r in sink.cdr_rows if r.src == DIAL_DESK]
+
+    await backend.start(sink)
+    try:
+        await wait_for(lambda: len(sink.cdr_rows) > 20, within=10)
+        for count in range(1, 6):
+            result = await backend.originate(PBX, DIAL_DESK, "200")
+            assert result.accepted, result.message
+            # A call to nowhere ends FAILED after a few virtual seconds; 101 is free again.
+            await wait_for(lambda: len(dialled()) == count, within=10)  # noqa: B023
+    finally:
+        await backend.stop()
+    desk = [s for n, s in sink.phone_states() if n == DIAL_DESK]
+    assert desk == [DeviceState.RINGING, DeviceState.CONNECTING, DeviceState.IDLE] * 5
+    assert [r for r in sink.cdr_rows if r.dst == DIAL_DESK] == []
+    assert {(r.dst, r.disposition) for r in dialled()} == {("200", Disposition.FAILED)}
+    others = {n for n, s in sink.phone_states() if s is not DeviceState.IDLE} - {DIAL_DESK}
+    assert len(others) >= 5  # the office was busy all along
 
 
 class BrokenEventsSink(MemorySink):

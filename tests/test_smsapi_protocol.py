@@ -87,8 +87,16 @@ def test_accepted_answer() -> None:
     ("http", "document", "kind"),
     [
         (200, {"error": 13, "message": "No correct phone numbers"}, SubmitOutcome.REFUSED),
-        (401, {"error": 101, "message": "Authorization failed"}, SubmitOutcome.REFUSED),
-        (200, {"error": 103, "message": "Insufficient credits"}, SubmitOutcome.REFUSED),
+        (200, {"error": 11, "message": "Message too long"}, SubmitOutcome.REFUSED),
+        # The account's errors hold its outbox; they fail no message.
+        (401, {"error": 101, "message": "Authorization failed"}, SubmitOutcome.HOLD),
+        (200, {"error": 102, "message": "Invalid username or password"}, SubmitOutcome.HOLD),
+        (200, {"error": 103, "message": "Insufficient credits"}, SubmitOutcome.HOLD),
+        (200, {"error": 105, "message": "Wrong IP address"}, SubmitOutcome.HOLD),
+        (200, {"error": 110, "message": "Action not allowed"}, SubmitOutcome.HOLD),
+        # Error 8 is a server error in SMSAPI's clients: retried.
+        (200, {"error": 8, "message": "Error in request"}, SubmitOutcome.RETRY),
+        (200, {"error": 666, "message": "Internal system error"}, SubmitOutcome.RETRY),
         (200, {"error": 53, "message": "Not unique idx"}, SubmitOutcome.DUPLICATE),
         (200, {"error": "53", "message": "Not unique idx"}, SubmitOutcome.DUPLICATE),
         (200, {"error": 201, "message": "System internal error"}, SubmitOutcome.RETRY),
@@ -112,6 +120,18 @@ def test_answers_are_sorted_by_what_they_mean(
 ) -> None:
     found, result = send_answer(http, document)
     assert found is kind, result
+
+
+def test_points_as_strings_and_parts_on_the_entry() -> None:
+    """SMSAPI's python client fixtures put `parts` on the list entry; points may come as
+    a string."""
+    document = {
+        "count": 1,
+        "list": [{"id": "1", "points": "0.165", "number": "48600100200", "parts": 3}],
+    }
+    result = interpret_send(201, orjson.dumps(document), grosze_per_point=100, test=False)
+    assert result.kind is SubmitOutcome.ACCEPTED
+    assert (result.cost, result.parts) == (17, 3)
 
 
 def test_error_text_names_the_code_and_the_gateways_message() -> None:

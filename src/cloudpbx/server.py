@@ -8,7 +8,9 @@ import logging
 import uvicorn
 
 from cloudpbx.api.app import create_app
+from cloudpbx.api.http_limits import HeadLimits, guarded_http_protocol
 from cloudpbx.api.keepalive import keepalive_protocol
+from cloudpbx.api.redaction import install_log_redaction
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -18,12 +20,23 @@ log = logging.getLogger(__name__)
 def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
     """wsproto serves the WebSocket: it accepts the document's own curl handshake, whose
     13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects. Pings come from
-    one keep-alive sweep (api/keepalive.py), not from uvicorn's timers per connection."""
+    one keep-alive sweep (api/keepalive.py), not from uvicorn's timers per connection.
+    HTTP is httptools with limits on the request head (api/http_limits.py). Log records
+    lose their API keys from here on (api/redaction.py)."""
+    install_log_redaction()
     settings = runtime.settings
+    limits = HeadLimits(
+        max_head_bytes=settings.http_max_head_bytes,
+        max_headers=settings.http_max_headers,
+        head_timeout=settings.http_head_timeout,
+    )
+    proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
     return uvicorn.Config(
         create_app(runtime),
         host=settings.host,
         port=settings.port,
+        http=guarded_http_protocol(limits),
+        timeout_keep_alive=settings.http_keep_alive_timeout,
         ws=keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout),
         ws_ping_interval=None,
         ws_ping_timeout=None,
@@ -33,7 +46,9 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         log_level=settings.log_level,
         lifespan="on",
         server_header=False,
-        proxy_headers=True,
+        # X-Forwarded-For names the client only when the peer is a configured proxy.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
     )
 
 
@@ -79,6 +94,7 @@ async def attach_backends(runtime: Runtime) -> None:
 
 async def serve(settings: Settings) -> None:
     """Migrate, attach backends, serve until interrupted."""
+    install_log_redaction()  # before anything logs; uvicorn_config installs it for embedders
     runtime = build_runtime(settings)
     await runtime.migrate()
     await attach_backends(runtime)

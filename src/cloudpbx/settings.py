@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     sms_retry_base: float = Field(2.0, gt=0, description="First retry delay (doubles)")
     sms_retry_max: float = Field(300.0, gt=0, description="Longest retry delay")
     sms_retry_deadline: float = Field(3600.0, gt=0, description="Seconds to keep retrying")
-    sms_poll_interval: float = Field(120.0, gt=0, description="Seconds between status queries")
+    sms_poll_interval: float = Field(
+        3600.0, gt=0, description="Seconds between status lookups of an SMSAPI message"
+    )
     sms_report_max_age: float = Field(
         259_200.0, gt=0, description="Seconds without a final status before UNKNOWN"
     )
@@ -115,6 +117,28 @@ class Settings(BaseSettings):
     )
     simulator_backfill_days: int = Field(7, ge=0)
     log_level: str = "info"
+    # HTTP hardening (docs/configuration.md, "HTTP limits and security").
+    http_max_head_bytes: int = Field(16_384, ge=1024, description="Request line + headers (431)")
+    http_max_headers: int = Field(100, ge=8, description="Header lines per request (431)")
+    http_head_timeout: float = Field(
+        10.0, gt=0, description="Seconds to send the request head, else the connection closes"
+    )
+    http_keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open"
+    )
+    http_max_form_bytes: int = Field(
+        16_384, ge=1024, description="Body of /sendSMS and SMS callbacks (413)"
+    )
+    auth_fail_limit: int = Field(
+        30, ge=1, description="Failed authentications per address per window, then 429"
+    )
+    auth_fail_window: float = Field(60.0, gt=0, description="Seconds of auth_fail_limit")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated proxy addresses/CIDRs whose X-Forwarded-For counts"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed cross-origin; empty: CORS off"
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -6,20 +6,24 @@ smsapi-java-client) and the delivery-report callback as a public SMSAPI integrat
 reads it. docs/sms.md lists what each detail rests on.
 
 - `POST|GET /sms.do` with `Authorization: Bearer TOKEN`:
-  - send: `to`, `message`, `from`, `idx`, `check_idx`, `test`, `notify_url`,
-    `format=json` → `{"count", "list": [{"id", "points", "number", "date_sent",
-    "submitted_number", "status", "idx"}], "message", "length", "parts"}` or
-    `{"error": N, "message": "..."}` (11 no message, 13 no valid number, 53 idx used
-    before with `check_idx=1`, 101 bad credentials);
+  - send: `to` (one number or a comma-separated list; nine digits, `48` or `+48` and nine
+    digits), `message`, `from`, `idx`, `check_idx`, `test`, `notify_url`, `format=json`
+    → `{"count", "list": [{"id", "points", "number", "date_sent", "submitted_number",
+    "status", "idx", "parts"}], "message", "length", "parts"}` with points as strings
+    (`"0.165"`), or `{"error": N, "message": "..."}` (11 no message or longer than 6
+    parts, 13 no valid number, 53 idx used before with `check_idx=1`, 70 notify_url
+    refused, 103 no credit); a wrong token: HTTP 401 with error 101;
   - status query: `status=ID|ID...` → `{"count", "list": [{"id", "status", "idx",
-    "points", "number"}]}`, or error 301 when it knows none of the ids.
+    "points", "number"}]}`, or error 301 when it knows none of the ids (or the error
+    `refuse_lookups` names: SMSAPI no longer supports this way of getting statuses).
 - `report(...)`: a delivery report to the message's `notify_url` (GET, `MsgId`, `status`
   401-412, `status_name`, `idx`, `to`, `donedate`, `username`, `points`; several messages
   in one request as comma-separated lists), like SMSAPI's CALLBACK.
 
 Test mode (`test=1`): a full answer with an id and 0 points; nothing is delivered.
 `script` makes the next send answers misbehave (an error code, an HTTP status, a slow
-answer after the message was taken) for the failure tests.
+answer after the message was taken) for the failure tests; `out_of_credit`,
+`refuse_notify_url` and `refuse_lookups` model an account's state until changed.
 """
 
 from __future__ import annotations
@@ -65,21 +69,42 @@ _GSM = set(
 )
 
 ERRORS = {
+    8: "Error in request",
     11: "Message too long or there is no message",
     13: "No correct phone numbers",
     14: "Wrong sender name",
     52: "Too many attempts of sending messages to one number (maximum 10 attempts within 60s)",
     53: "Not unique idx parameter, message with the same idx has been already sent",
     57: "The number is blacklisted for this user",
+    70: "Invalid URL in notify_url parameter",
     101: "Authorization failed",
     103: "Insufficient credits on Your account",
     105: "Wrong IP address (for IP filter turned on)",
+    110: "Action not allowed for your account",
     201: "System internal error",
     202: "Too many simultaneous request, message won't be sent",
     203: "Too many requests. Please try again later.",
     301: "ID of messages doesn't exist",
     999: "System internal error",
 }
+
+
+MAX_PARTS = 6  # SMSAPI's counter stops here: 918 GSM-7 / 402 UCS-2 characters
+
+
+def recipients(to: str) -> tuple[list[str], list[str]]:
+    """`to` as SMSAPI reads it: a comma-separated list; nine digits (a Polish number),
+    or `48`/`+48` and nine digits. Returns (valid numbers as 48XXXXXXXXX, invalid ones)."""
+    valid, invalid = [], []
+    for raw in to.split(","):
+        number = raw.strip().removeprefix("+")
+        if len(number) == 9 and number.isascii() and number.isdigit():
+            number = "48" + number
+        if len(number) == 11 and number.startswith("48") and number.isascii() and number.isdigit():
+            valid.append(number)
+        else:
+            invalid.append(raw)
+    return valid, invalid
 
 
 def fake_parts(message: str) -> int:
@@ -126,6 +151,9 @@ class FakeSmsapi:
     requests: list[dict[str, str]] = field(default_factory=list)
     script: deque[Step] = field(default_factory=deque)
     port: int = 0
+    out_of_credit: bool = False
+    refuse_notify_url: bool = False
+    refuse_lookups: int = 0
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(17_101_000_090_360_359)
@@ -193,42 +221,54 @@ class FakeSmsapi:
         if step is not None and step.kind == "http":
             return Response(step.body, status_code=step.code)
         to, message = params.get("to", ""), params.get("message", "")
-        if not message:
+        parts = fake_parts(message) if message else 0
+        if not message or parts > MAX_PARTS:
             return self._error(11)
-        if not (len(to) == 11 and to.startswith("48") and to.isdigit()):
-            invalid = [{"number": to, "submitted_number": to, "message": "Invalid phone number"}]
+        numbers, wrong = recipients(to)
+        if not numbers:
+            invalid = [
+                {"number": n, "submitted_number": n, "message": "Invalid phone number"}
+                for n in wrong
+            ]
             return self._error(13, invalid_numbers=invalid)
+        if params.get("notify_url") and self.refuse_notify_url:
+            return self._error(70)
+        if self.out_of_credit:
+            return self._error(103)
         idx = params.get("idx") or None
         if params.get("check_idx") == "1" and any(m.idx == idx for m in self.messages.values()):
             return self._error(53)
         test = params.get("test") == "1"
-        parts = fake_parts(message)
-        sms = FakeSms(
-            id=str(next(self._ids)),
-            to=to,
-            message=message,
-            sender=params.get("from"),
-            idx=idx,
-            test=test,
-            notify_url=params.get("notify_url"),
-            points=0.0 if test else round(parts * self.point_price, 4),
-            parts=parts,
-            date_sent=int(time.time()),
-        )
-        self.messages[sms.id] = sms
-        answer = {
-            "count": 1,
-            "list": [
+        entries = []
+        for number in numbers:
+            sms = FakeSms(
+                id=str(next(self._ids)),
+                to=number,
+                message=message,
+                sender=params.get("from"),
+                idx=idx,
+                test=test,
+                notify_url=params.get("notify_url"),
+                points=0.0 if test else round(parts * self.point_price, 4),
+                parts=parts,
+                date_sent=int(time.time()),
+            )
+            self.messages[sms.id] = sms
+            entries.append(
                 {
                     "id": sms.id,
-                    "points": sms.points,
-                    "number": to,
+                    "points": str(sms.points),
+                    "number": number,
                     "date_sent": sms.date_sent,
-                    "submitted_number": to,
+                    "submitted_number": number,
                     "status": "QUEUE",
                     "idx": idx,
+                    "parts": parts,
                 }
-            ],
+            )
+        answer = {
+            "count": len(entries),
+            "list": entries,
             "message": message,
             "length": len(message),
             "parts": parts,
@@ -238,11 +278,19 @@ class FakeSmsapi:
         return JSONResponse(answer)
 
     def _status(self, ids: str) -> Response:
+        if self.refuse_lookups:
+            return self._error(self.refuse_lookups)
         known = [self.messages[i] for i in ids.split("|") if i in self.messages]
         if not known:
             return self._error(301)
         entries = [
-            {"id": m.id, "number": m.to, "status": m.status, "idx": m.idx, "points": m.points}
+            {
+                "id": m.id,
+                "number": m.to,
+                "status": m.status,
+                "idx": m.idx,
+                "points": str(m.points),
+            }
             for m in known
         ]
         return JSONResponse({"count": len(entries), "list": entries})

@@ -32,6 +32,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -286,6 +287,18 @@ RECORDING_FIELDS = ["uniqueid", "src", "dst", "format", "date"]
 TRANSCRIPTION_FIELDS = ["uniqueid", "calldate", "src", "dst"]
 
 
+def print_whole(console: Console, table: Table) -> None:
+    """Print a table with every value whole on one line, wider than the terminal if it must.
+
+    Decision: a date, a number or a uniqueid folded over three lines (what a narrow
+    terminal made of a squeezed column) cannot be read, copied or grepped; a line the
+    terminal wraps, or `less -S` scrolls, still can.
+    """
+    unbounded = console.options.update_width(100_000)
+    console.width = max(console.width, Measurement.get(console, unbounded, table).maximum)
+    console.print(table)
+
+
 def write_rows(
     rows: Iterable[Mapping[str, Any]],
     fmt: Format,
@@ -304,11 +317,11 @@ def write_rows(
         table = Table(title=title or None, show_lines=False)
         columns = [*(table_fields or fields), "uniqueid"] if table_fields else fields
         for name in dict.fromkeys(columns):
-            table.add_column(name, overflow="fold")
+            table.add_column(name, no_wrap=True)
         for row in rows:
             table.add_row(*(str(row.get(name, "")) for name in dict.fromkeys(columns)))
             count += 1
-        Console(highlight=False).print(table)
+        print_whole(Console(highlight=False), table)
         return count
     if fmt is Format.json:
         out.write("[")
@@ -638,13 +651,20 @@ def event_line(event_id: int, event: Event, lang: Lang, pbx: str | None) -> Text
     return line
 
 
+_WRAPPING = frozenset(
+    {"Peer", "Rozmówca", "Name", "Nazwa", "Paused", "Pauza", "Members", "Uczestnicy"}
+)
+"""The watch view's free-text columns: they wrap in a narrow terminal, so the numbers,
+states and times of the others stay whole."""
+
+
 def render_state(state: PbxState, lang: Lang, now: float | None = None) -> Group:
     """The watch view: extensions, queues, agents, conferences, recent SMS."""
     moment = time.time() if now is None else now
     pl = lang is Lang.pl
     ext = Table(title="Numery wewnętrzne" if pl else "Extensions", expand=True)
     for name in ("Numer", "Stan", "Rozmówca", "Od") if pl else ("Ext", "State", "Peer", "For"):
-        ext.add_column(name)
+        ext.add_column(name, no_wrap=name not in _WRAPPING)
     for number in sorted(state.extensions, key=lambda n: (len(n), n)):
         view = state.extensions[number]
         peer = view.connected_number or ""
@@ -659,13 +679,13 @@ def render_state(state: PbxState, lang: Lang, now: float | None = None) -> Group
         )
     queues = Table(title="Kolejki" if pl else "Queues", expand=True)
     for name in ("Kolejka", "Oczekujące") if pl else ("Queue", "Waiting"):
-        queues.add_column(name)
+        queues.add_column(name, no_wrap=True)
     for queue in sorted(state.queues):
         queues.add_row(queue, str(state.queues[queue]))
     agents = Table(title="Agenci" if pl else "Agents", expand=True)
     headers = ("Kolejka", "Agent", "Nazwa", "Stan", "Pauza", "Odebrane")
     for name in headers if pl else ("Queue", "Agent", "Name", "State", "Paused", "Taken"):
-        agents.add_column(name)
+        agents.add_column(name, no_wrap=name not in _WRAPPING)
     for (queue, _peer), member in sorted(state.agents.items(), key=lambda item: item[0]):
         paused = ("tak" if pl else "yes") if member.paused else ""
         if member.paused and member.reason:
@@ -682,7 +702,7 @@ def render_state(state: PbxState, lang: Lang, now: float | None = None) -> Group
         )
     rooms = Table(title="Konferencje" if pl else "Conferences", expand=True)
     for name in ("Pokój", "Uczestnicy") if pl else ("Room", "Members"):
-        rooms.add_column(name)
+        rooms.add_column(name, no_wrap=name not in _WRAPPING)
     for room in sorted(state.conferences):
         members = state.conferences[room].values()
         rooms.add_row(
@@ -692,7 +712,7 @@ def render_state(state: PbxState, lang: Lang, now: float | None = None) -> Group
     if state.sms:
         sms = Table(title="SMS", expand=True)
         for name in ("MsgId", "Do" if pl else "To", "Stan" if pl else "Status"):
-            sms.add_column(name)
+            sms.add_column(name, no_wrap=True)
         for message in reversed(state.sms.values()):
             sms.add_row(message.msg_id, message.to, sms_label(message.status, lang.value))
         parts.append(sms)
@@ -727,10 +747,15 @@ def events(
             settings.client() as client,
             client.events(pbx, last_event_id=since) as stream,
         ):
-            if watch:
+            console = Console(highlight=False, soft_wrap=True)
+            if watch and console.is_terminal:
                 _watch(stream, lang, pbx, count)
                 return
-            console = Console(highlight=False, soft_wrap=True)
+            state = PbxState(pbx=pbx) if watch and not json_output else None
+            if state is not None:
+                _stderr().print(
+                    "not a terminal: one line per event (the live table needs a terminal)"
+                )
             for seen, (event_id, event) in enumerate(stream, start=1):
                 if json_output:
                     record = {"id": event_id, "type": event.type, "event": dict(event.raw)}
@@ -738,8 +763,13 @@ def events(
                     sys.stdout.flush()
                 else:
                     console.print(event_line(event_id, event, lang, pbx))
+                    console.file.flush()
+                if state is not None:
+                    state.apply(event, event_id)
                 if count is not None and seen >= count:
-                    return
+                    break
+            if state is not None:  # the table once, as the events left it
+                console.print(render_state(state, lang))
 
     _run(body)
 

@@ -108,15 +108,28 @@ def demo(
         transcription_workers=1,  # one in-process transcription worker (docs/transcription.md)
     )
     _logging(settings.log_level)
-    api_key = run_on_database(settings, lambda runtime: prepare_demo(runtime, key))
+    demo = run_on_database(settings, lambda runtime: prepare_demo(runtime, key))
     base = f"http://{host}:{port}"
     ws = f"ws://{host}:{port}"
+    auth = f"-H 'Authorization: Bearer {demo.key}'"
     console.print(f"[bold]cloudpbx demo[/bold]: PBX [cyan]{DEMO_PBX}[/cyan], data in {data}")
     console.print(f"  API URL:   {base}")
-    console.print(f"  API key:   [green]{api_key}[/green]")
-    console.print(f"  WebSocket: {ws}/ws/pbx_{DEMO_PBX}?pbxkey={api_key}")
+    console.print(f"  API key:   [green]{demo.key}[/green]")
+    console.print(f"  WebSocket: {ws}/ws/pbx_{DEMO_PBX}?pbxkey={demo.key}")
     console.print(f"  API docs:  {base}/docs")
-    console.print(f"  try:       curl -H 'Authorization: Bearer {api_key}' {base}/cdr")
+    console.print(f"  try:       curl {auth} {base}/cdr")
+    console.print(
+        f"             curl {auth} '{base}/dial?cpa=101&cpb=200'  (101 is kept for /dial)"
+    )
+    if demo.transcription_problems:
+        # The simulated calls come with their transcripts; a worker is only for recordings
+        # without one, so the demo goes on without it and says so calmly.
+        console.print(
+            "  transcripts: written by the simulated PBX with each recording; no "
+            "transcription worker runs here "
+            f"({escape('; '.join(demo.transcription_problems))})"
+        )
+        settings = settings.model_copy(update={"transcription_workers": 0})
     asyncio.run(serve_forever(settings))
 
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 
-MAX_BODY = 1024
+# SMSAPI's own limit: its message counter stops at 6 parts (6 × 153 GSM-7 septets, or
+# 6 × 67 UCS-2 characters). A longer message would be accepted by nobody down the line.
+MAX_PARTS = 6
+MAX_GSM7 = MAX_PARTS * 153  # 918
+MAX_UCS2 = MAX_PARTS * 67  # 402
 
-# ASCII digits only: `\d` would take e.g. Arabic-Indic digits, which no gateway dials.
+# What `to` may look like: digits, optionally `+` first, single spaces or dashes between
+# digit groups (`600 100 200`, `+48 600-100-200`). Nothing else: no other whitespace (a
+# trailing newline, a tab), no leading or trailing separator. ASCII digits only: `\d`
+# would take e.g. Arabic-Indic digits, which no gateway dials.
+_RECIPIENT = re.compile(r"\+?[0-9]+(?:[ -][0-9]+)*")
 _NUMBER = re.compile(r"(?:\+?48)?([0-9]{9})")
 
 # GSM 03.38 basic character set, and the extension table (each of those costs two septets).
@@ -21,15 +29,30 @@ def normalize_recipient(value: str) -> str | None:
     """A Polish mobile number in international form `48XXXXXXXXX`, or None if invalid.
 
     Accepts nine digits (the document's form) and, as our decision, `48`/`+48` + nine
-    digits; spaces and dashes inside the number are ignored.
+    digits; single spaces or dashes between digit groups are ignored.
     """
-    compact = re.sub(r"[\s-]", "", value)
-    match = _NUMBER.fullmatch(compact)
+    if not _RECIPIENT.fullmatch(value):
+        return None
+    match = _NUMBER.fullmatch(value.replace(" ", "").replace("-", ""))
     return f"48{match.group(1)}" if match else None
 
 
 def is_gsm7(body: str) -> bool:
     return all(ch in _GSM7_BASIC or ch in _GSM7_EXTENDED for ch in body)
+
+
+def body_problem(body: str) -> str | None:
+    """Why `body` cannot be sent (empty, or longer than SMSAPI's 6 parts), else None."""
+    if not body:
+        return "body is empty"
+    parts = count_parts(body)
+    if parts <= MAX_PARTS:
+        return None
+    alphabet = "GSM-7" if is_gsm7(body) else "UCS-2"
+    return (
+        f"body needs {parts} SMS parts ({alphabet}); the limit is {MAX_PARTS} parts: "
+        f"{MAX_GSM7} GSM-7 or {MAX_UCS2} UCS-2 characters"
+    )
 
 
 def count_parts(body: str) -> int:

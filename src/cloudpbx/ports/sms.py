@@ -35,7 +35,9 @@ class SubmitOutcome(StrEnum):
 
     ACCEPTED = "accepted"  # the gateway has the message (message_id, status, points)
     DUPLICATE = "duplicate"  # the gateway already had a message with this idx: sent before
-    REFUSED = "refused"  # refused for good (invalid number, no credit, bad credentials...)
+    REFUSED = "refused"  # refused for good (invalid number, message too long...)
+    HOLD = "hold"  # refused for the account's sake (credentials, credit, IP filter): the
+    # message is fine; hold the account's outbox until a submission gets through
     RETRY = "retry"  # a transient failure before the gateway took it: safe to retry
     UNSURE = "unsure"  # the gateway may have it (timeout, 5xx): retry with the same idx
 
@@ -56,6 +58,7 @@ class SubmitResult:
     outcome: SubmitOutcome | None = None
     cost: int | None = None
     parts: int | None = None
+    error_code: int | None = None  # the gateway's own error number, when it gave one
 
     @property
     def kind(self) -> SubmitOutcome:
@@ -83,6 +86,11 @@ class SmsGatewayUnavailable(Exception):
     """A status query could not be answered now (network, gateway error); try later."""
 
 
+class SmsLookupRefused(SmsGatewayUnavailable):
+    """The gateway answered a status query with a refusal (e.g. lookups not allowed for
+    the account): asking again will not help; statuses come only by callback."""
+
+
 class SmsStatusSink(Protocol):
     """Where a gateway reports later status changes (callbacks, polling, simulation)."""
 
@@ -91,7 +99,11 @@ class SmsStatusSink(Protocol):
 
 class SmsGateway(Protocol):
     """Sends SMS; later status changes go to the sink given to `start`, or come back
-    through `query` (when `polls`) and the callback endpoint."""
+    through `query` (when `polls`) and the callback endpoint.
+
+    Optional attributes the service reads when present: `poll_interval` (seconds between
+    lookups of one message, instead of `sms_poll_interval`), `kind` (its name in
+    /healthz) and `alert` (an operator's problem, e.g. a refused callback URL)."""
 
     @property
     def polls(self) -> bool:

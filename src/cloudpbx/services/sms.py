@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cloudpbx.domain.errors import Forbidden
 from cloudpbx.domain.events import SmsSendResponse
@@ -34,6 +35,7 @@ from cloudpbx.ports.sms import (
     OutgoingSms,
     SmsGateway,
     SmsGatewayUnavailable,
+    SmsLookupRefused,
     StatusReport,
     SubmitOutcome,
     SubmitResult,
@@ -109,6 +111,18 @@ def _polls(gateway: SmsGateway) -> bool:
     return bool(getattr(gateway, "polls", False))
 
 
+@dataclass(slots=True)
+class AccountHold:
+    """A gateway account that refused a submission for its own sake (SMSAPI 101, 103,
+    105...): its messages wait; one of them is submitted at `next_probe` to see whether
+    the account was fixed."""
+
+    error: str
+    since: datetime
+    probes: int
+    next_probe: datetime
+
+
 class SmsService:
     """Implements SmsStatusSink for the gateways; used by the API for sending and for the
     gateways' callbacks; runs the outbox dispatcher between `start` and `stop`."""
@@ -135,6 +149,11 @@ class SmsService:
         self.policy = policy or OutboxPolicy()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # By gateway name, in this process (another server learns it at its own next
+        # submission; a restart forgets it and the first submission finds it again).
+        self._holds: dict[str, AccountHold] = {}
+        # Gateways whose status lookups were refused: not asked again until restart.
+        self._lookups_refused: dict[str, str] = {}
 
     def gateway_for(self, tenant: Tenant) -> SmsGateway:
         gateway = self._gateways.get(tenant.sms_gateway or "")
@@ -196,6 +215,11 @@ class SmsService:
             attempts=0,
             created_at=now,
         )
+        hold = self._holds.get(tenant.sms_gateway or "")
+        if hold is not None:
+            # The account is held: the message waits with the others for the next probe.
+            await self._store.reschedule(tenant.id, response_id, hold.next_probe)
+            return SendOutcome(response_id, SmsStatus.QUEUE, None)
         failure = await self._submit(tenant, gateway, item)
         if failure is not None:
             log.warning("SMS %s on %s refused by gateway: %s", response_id, tenant.name, failure)
@@ -230,6 +254,32 @@ class SmsService:
             )
         now = datetime.now(UTC)
         kind = result.kind
+        name = item.gateway or ""
+        if kind is SubmitOutcome.HOLD:
+            hold = self._hold(name, result.error or "account refused", now)
+            await self._store.record_attempt(
+                item.pbx_id,
+                item.response_id,
+                outbox=item.outbox,
+                attempts=attempts,
+                due_at=hold.next_probe,
+                last_error=result.error,
+            )
+            return None
+        if kind in (SubmitOutcome.ACCEPTED, SubmitOutcome.DUPLICATE) and name in self._holds:
+            hold = self._holds.pop(name)
+            waiting = await self._store.due_now(name, now)
+            log.warning(
+                "SMS gateway %s accepts messages again (held since %s for: %s); its "
+                "outbox resumes with %d waiting messages",
+                name,
+                hold.since.isoformat(timespec="seconds"),
+                hold.error,
+                waiting,
+            )
+        elif name in self._holds:
+            hold = self._holds[name]
+            hold.next_probe = now + self.policy.retry_delay(hold.probes)
         if kind in (SubmitOutcome.ACCEPTED, SubmitOutcome.DUPLICATE):
             gateway_id = result.message_id if kind is SubmitOutcome.ACCEPTED else None
             await self._store.record_attempt(
@@ -319,9 +369,56 @@ class SmsService:
         """When to look at an accepted message: its next poll, or (no polling) when it is
         due to be given up as UNKNOWN."""
         give_up = item.created_at + timedelta(seconds=self.policy.report_max_age)
-        if _polls(gateway) and gateway_id:
-            return min(now + timedelta(seconds=self.policy.poll_interval), give_up)
+        if self._may_poll(gateway, item.gateway) and gateway_id:
+            return min(now + timedelta(seconds=self._poll_interval(gateway)), give_up)
         return give_up
+
+    def _may_poll(self, gateway: SmsGateway, name: str | None) -> bool:
+        return _polls(gateway) and (name or "") not in self._lookups_refused
+
+    def _poll_interval(self, gateway: SmsGateway) -> float:
+        """The gateway's own (the simulator's), else `sms_poll_interval`."""
+        own = getattr(gateway, "poll_interval", None)
+        return float(own) if isinstance(own, int | float) and own > 0 else self.policy.poll_interval
+
+    # -- account holds ---------------------------------------------------------------------
+
+    def _hold(self, name: str, error: str, now: datetime) -> AccountHold:
+        """Hold gateway `name`'s outbox (or push its next probe back): logged once when
+        it starts, as an error, naming the account and the gateway's reason."""
+        hold = self._holds.get(name)
+        if hold is None:
+            hold = AccountHold(error, now, 0, now)
+            self._holds[name] = hold
+            log.error(
+                "SMS gateway %s refused a message for the account's sake (%s): its outbox "
+                "is held, no message is failed for it; resumes once a submission is accepted",
+                name,
+                error,
+            )
+        hold.error = error
+        hold.probes += 1
+        hold.next_probe = now + self.policy.retry_delay(hold.probes)
+        return hold
+
+    def health(self) -> list[dict[str, Any]]:
+        """Each gateway's state for /healthz: kind and status (`ok`, `held` with the
+        reason and since when, `alert` with the operator's problem), never its name."""
+        entries: list[dict[str, Any]] = []
+        for name, gateway in self._gateways.items():
+            entry: dict[str, Any] = {"gateway": str(getattr(gateway, "kind", "sms"))}
+            hold = self._holds.get(name)
+            alert = getattr(gateway, "alert", None)
+            if hold is not None:
+                entry.update(
+                    status="held", error=hold.error, since=hold.since.isoformat(timespec="seconds")
+                )
+            elif alert:
+                entry.update(status="alert", error=str(alert))
+            else:
+                entry["status"] = "ok"
+            entries.append(entry)
+        return entries
 
     # -- status reports --------------------------------------------------------------------
 
@@ -394,17 +491,13 @@ class SmsService:
         return ReportsOutcome(applied, unknown)
 
     async def sms_status(self, pbx: str, message_id: str, status: SmsStatus) -> None:
-        """A gateway's report; applied once, in order, then published as smsSendResponse.
-
-        `message_id` is the id the gateway answered at submission (the simulator answers
-        with our idx)."""
+        """A gateway's report naming the message by our idx (the simulator's pushed
+        steps); applied once, in order, then published as smsSendResponse."""
         tenant = await self._tenants.get(pbx)
         if tenant is None:
             log.warning("status %s for SMS %s of unknown PBX %s ignored", status, message_id, pbx)
             return
-        await self.apply_reports(
-            tenant, [StatusReport(status, idx=message_id, message_id=message_id)]
-        )
+        await self.apply_reports(tenant, [StatusReport(status, idx=message_id)])
 
     # -- the dispatcher --------------------------------------------------------------------
 
@@ -478,12 +571,18 @@ class SmsService:
                 return self._expire_unsent(tenant, item, now)
             if gateway is None:
                 return self._reschedule(item, now + timedelta(seconds=self.policy.retry_max))
+            hold = self._holds.get(item.gateway or "")
+            if hold is not None:
+                if now < hold.next_probe:
+                    return self._reschedule(item, hold.next_probe)
+                # This message is the probe; the others wait until it is answered.
+                hold.next_probe = now + self.policy.lease
             return self._resubmit(tenant, gateway, item)
         if item.status.is_final or item.outbox is Outbox.REFUSED:
             return self._reschedule(item, None)
         if age >= self.policy.report_max_age:
             return self._give_up_unknown(tenant, item)
-        if gateway is not None and _polls(gateway) and item.gateway_id:
+        if gateway is not None and self._may_poll(gateway, item.gateway) and item.gateway_id:
             return "poll"
         give_up = item.created_at + timedelta(seconds=self.policy.report_max_age)
         return self._reschedule(item, give_up)
@@ -534,6 +633,18 @@ class SmsService:
                 reports = await asyncio.wait_for(
                     gateway.query(list(by_id)), self.policy.submit_timeout * 4 + 1
                 )
+            except SmsLookupRefused as exc:
+                # SMSAPI no longer supports status lookups and may refuse them: stop
+                # asking; reports come by callback, else UNKNOWN after report_max_age.
+                self._lookups_refused[name] = str(exc)
+                log.error(
+                    "status lookups refused by SMS gateway %s (%s): not asked again until "
+                    "restart; statuses come only by callback, messages without one end "
+                    "UNKNOWN after %.0f s",
+                    name,
+                    exc,
+                    self.policy.report_max_age,
+                )
             except (SmsGatewayUnavailable, TimeoutError) as exc:
                 log.warning("status query of SMS gateway %s failed: %s", name, exc)
         for report in reports:
@@ -541,6 +652,8 @@ class SmsService:
             if found is None:
                 continue
             tenant, item = found
+            if report.status.rank <= item.status.rank:
+                continue  # a status the message already has or passed: nothing new
             if report.idx and report.idx != item.response_id:
                 log.warning(
                     "status query of %s: id %s has idx %s, expected %s; ignored",

@@ -380,3 +380,19 @@ class SmsStore:
         )
         async with self._engine.connect() as conn:
             return [SmsStatus(s) for s in (await conn.execute(query)).scalars()]
+
+    async def due_now(self, gateway: str, now: datetime) -> int:
+        """Make every message gateway `gateway` does not have yet due at `now` (its held
+        outbox resumes); returns how many."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(sms)
+                .where(
+                    sms.c.gateway == gateway,
+                    sms.c.outbox.in_([Outbox.PENDING.value, Outbox.UNSURE.value]),
+                    sms.c.status.in_(_NOT_FINAL),
+                    sms.c.due_at > _naive(now),
+                )
+                .values(due_at=_naive(now))
+            )
+        return int(result.rowcount or 0)

@@ -5,7 +5,8 @@ well under a second), with arrivals following office hours in the PBX's time zon
 on working days 8–17, quiet at night and at weekends, a few hundred calls a working day.
 Only calls that ended before `now` are kept; no WebSocket event is published (history
 is not news). Rows go to the sink in batches; a bounded number of answered calls, picked
-at random across the period, get a short recording and a transcription.
+at random across the period, and the last few before `now`, get a short recording and a
+transcription.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ _HOURLY = (
     + (0.02, 0.01, 0.01)
 )
 """Share of the peak rate by local hour of a working day."""
+
+RECENT_RECORDINGS = 5
+"""The last answered calls before `now` are always recorded (besides the random ones), so
+that today's `/record` and `/transcription`, the document's first examples, have rows
+from the first start on."""
 
 _WEEKEND = 0.12
 _BATCH = 1000
@@ -101,6 +107,8 @@ async def backfill(
         await sink.cdrs(pbx, records[start : start + _BATCH])
     talked = [out for out in finished if out.talk is not None]
     chosen = sorted(rng.sample(range(len(talked)), min(recordings, len(talked))))
+    if recordings:
+        chosen = sorted({*chosen, *range(max(0, len(talked) - RECENT_RECORDINGS), len(talked))})
     recorder = Recorder(random.Random(rng.getrandbits(64)), recording_seconds)
     for index in chosen:
         out = talked[index]

@@ -26,6 +26,9 @@ EXTENSION_NAMES = (
     ("110", "Ewa Dąbrowska"),
 )
 
+DIAL_DESK = "101"
+"""The reception's phone, kept for `/dial` (the document's example is `cpa=101`)."""
+
 _DIALLABLE = re.compile(r"^\+?\d{1,20}$")
 # Polish mobile ranges (first two digits of a nine-digit national number).
 MOBILE_PREFIXES = ("45", "50", "51", "53", "57", "60", "66", "69", "72", "73", "78", "79", "88")
@@ -101,6 +104,15 @@ class PbxConfig:
     conference: ConferenceConfig
     customers: tuple[str, ...]
     contacts: tuple[str, ...]
+    dial_only: frozenset[str] = frozenset()
+    """Extensions whose phone only takes part in `/dial` calls: the simulated office never
+    calls them, rings them from a queue, pauses them or takes them offline, so a `/dial`
+    from them finds them free (unless an earlier `/dial` call is still on them)."""
+
+    @property
+    def staff(self) -> tuple[Extension, ...]:
+        """The extensions the simulated office's own traffic uses."""
+        return tuple(e for e in self.extensions if e.number not in self.dial_only)
 
     def extension(self, number: str) -> Extension | None:
         return next((e for e in self.extensions if e.number == number), None)
@@ -138,7 +150,7 @@ class PbxConfig:
 
 
 def default_config(pbx: str) -> PbxConfig:
-    """The demo PBX: ten extensions, two queues, one conference room.
+    """The demo PBX: ten extensions, two queues, one conference room; 101 is `/dial`'s.
 
     Outside numbers are drawn from a generator seeded with a constant, so every PBX has the
     same customers and contacts, and repeat callers appear in the history as they would.
@@ -153,7 +165,7 @@ def default_config(pbx: str) -> PbxConfig:
             QueueConfig(
                 "Kolejka1",
                 "500",
-                (Agent("101", False), Agent("102", False), Agent("103", True)),
+                (Agent("102", False), Agent("106", False), Agent("103", True)),
                 ringall=True,
             ),
             QueueConfig(
@@ -166,6 +178,7 @@ def default_config(pbx: str) -> PbxConfig:
         conference=ConferenceConfig("SesjaRady", "600"),
         customers=customers,
         contacts=contacts,
+        dial_only=frozenset({DIAL_DESK}),
     )
 
 

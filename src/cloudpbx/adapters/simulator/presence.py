@@ -40,7 +40,7 @@ def agent_break(sim: Sim) -> Script:
     ready = sorted(
         ext
         for ext, memberships in state.memberships.items()
-        if not any(m.paused for m in memberships)
+        if ext not in sim.config.dial_only and not any(m.paused for m in memberships)
     )
     if not ready:
         return
@@ -53,5 +53,5 @@ def agent_break(sim: Sim) -> Script:
 
 
 def _free_phone(sim: Sim) -> Phone | None:
-    free = sim.state.free_phones()
+    free = sim.state.free_staff_phones()
     return sim.rng.choice(free) if free else None

@@ -100,9 +100,11 @@ class PbxState:
 
     # -- phones ----------------------------------------------------------------------------
 
-    def free_phones(self) -> list[Phone]:
-        """Phones that can take a new call, in extension order."""
-        return [phone for phone in self.phones.values() if phone.free]
+    def free_staff_phones(self) -> list[Phone]:
+        """Phones the office's own traffic may take now (free, not `/dial`-only), in
+        extension order."""
+        dial_only = self.config.dial_only
+        return [p for p in self.phones.values() if p.free and p.number not in dial_only]
 
     def set_call_state(
         self, phone: Phone, state: DeviceState, peer: tuple[str, str] | None = None
@@ -171,11 +173,14 @@ class PbxState:
         return [QueueCalls(queue.name, self.waiting[queue.name])]
 
     def agents_to_ring(self, queue: QueueConfig) -> list[Phone]:
-        """Free, unpaused agents: all of them (ringall) or the next in turn (rrmemory)."""
+        """Free, unpaused agents (not `/dial`-only): all of them (ringall) or the next in
+        turn (rrmemory)."""
         candidates = [
             self.phones[m.agent.extension]
             for m in self._queue_members(queue)
-            if not m.paused and self.phones[m.agent.extension].free
+            if not m.paused
+            and self.phones[m.agent.extension].free
+            and m.agent.extension not in self.config.dial_only
         ]
         if queue.ringall or not candidates:
             return candidates

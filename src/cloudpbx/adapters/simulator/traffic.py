@@ -31,7 +31,7 @@ def internal_call(sim: Sim) -> Script:
     phone = _free_phone(sim)
     if phone is None:
         return
-    others = [e.number for e in sim.config.extensions if e.number != phone.number]
+    others = [e.number for e in sim.config.staff if e.number != phone.number]
     target = sim.rng.choice(others)
     caller = phone_party(sim, phone)
     yield from place_call(sim, start_log(sim, caller, target), caller, target)
@@ -53,7 +53,7 @@ def outbound_call(sim: Sim) -> Script:
 
 def direct_call(sim: Sim) -> Script:
     """A customer dials an employee's direct number."""
-    target = sim.rng.choice(sim.config.extensions).number
+    target = sim.rng.choice(sim.config.staff).number
     caller = outside_party(sim, sim.rng.choice(sim.config.customers))
     yield from place_call(sim, start_log(sim, caller, target), caller, target)
 
@@ -116,5 +116,5 @@ def arrivals(
 
 
 def _free_phone(sim: Sim) -> Phone | None:
-    free = sim.state.free_phones()
+    free = sim.state.free_staff_phones()
     return sim.rng.choice(free) if free else None

@@ -53,7 +53,11 @@ class SmsapiAccount(BaseModel):
         100.0, ge=0, description="Grosze billed per SMSAPI point the message cost"
     )
     callbacks: bool = Field(True, description="Ask for delivery reports (notify_url)")
-    poll: bool = Field(True, description="Look statuses up by id (status query)")
+    poll: bool = Field(
+        False,
+        description="Also look statuses up by id, every sms_poll_interval, for messages "
+        "without a final status (SMSAPI asks for callbacks and no longer supports this)",
+    )
 
     @model_validator(mode="after")
     def _one_token_source(self) -> SmsapiAccount:

@@ -18,6 +18,7 @@ import httpx
 from cloudpbx.adapters.smsapi.callbacks import CallbackSigner
 from cloudpbx.adapters.smsapi.config import Secret, SmsapiAccount
 from cloudpbx.adapters.smsapi.protocol import (
+    NOTIFY_URL_REFUSED,
     UNKNOWN_ID_ERRORS,
     ApiError,
     interpret_send,
@@ -27,6 +28,7 @@ from cloudpbx.domain.states import SmsStatus
 from cloudpbx.ports.sms import (
     OutgoingSms,
     SmsGatewayUnavailable,
+    SmsLookupRefused,
     SmsStatusSink,
     StatusReport,
     SubmitOutcome,
@@ -40,7 +42,10 @@ QUERY_BATCH = 50  # ids per status query (`status=ID|ID|...`)
 
 
 class SmsapiGateway:
-    """Sends through one SMSAPI account; reports come by callback and status queries."""
+    """Sends through one SMSAPI account; reports come by callback (and, where enabled,
+    rare status queries: SMSAPI asks its users for callbacks)."""
+
+    kind = "smsapi"
 
     def __init__(
         self,
@@ -59,6 +64,9 @@ class SmsapiGateway:
         self._timeout = timeout
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # Set when SMSAPI refused our notify_url (error 70): an operator's problem (the
+        # callback base URL), shown in /healthz; messages go out without it until restart.
+        self.alert: str | None = None
 
     def __repr__(self) -> str:
         return f"SmsapiGateway(name={self.name!r}, api_url={self.account.api_url!r})"
@@ -72,7 +80,7 @@ class SmsapiGateway:
         return self.account.api_url.rstrip("/") + "/sms.do"
 
     def notify_url(self, pbx: str) -> str | None:
-        if not self.account.callbacks or self.signer is None:
+        if not self.account.callbacks or self.signer is None or self.alert is not None:
             return None
         return self.signer.url(pbx)
 
@@ -107,6 +115,20 @@ class SmsapiGateway:
         return self._client
 
     async def submit(self, message: OutgoingSms) -> SubmitResult:
+        result = await self._submit(message)
+        if result.error_code == NOTIFY_URL_REFUSED and self.notify_url(message.pbx):
+            # Not the message's fault: our callback URL is wrong. Alert, and send it
+            # (and the account's next messages) without one.
+            self.alert = (
+                f"SMSAPI refused the delivery-report URL ({result.error}): check "
+                "sms_callback_base_url; messages are sent without it, so their reports "
+                "come only by status lookup (poll = true) or end UNKNOWN"
+            )
+            log.error("SMSAPI %s: %s", self.name, self.alert)
+            result = await self._submit(message)
+        return result
+
+    async def _submit(self, message: OutgoingSms) -> SubmitResult:
         form = {
             "to": message.to,
             "message": message.body,
@@ -174,8 +196,10 @@ class SmsapiGateway:
         answer = await self._status(ids)
         if not isinstance(answer, ApiError):
             return answer
-        if answer.code not in UNKNOWN_ID_ERRORS:
+        if answer.code == 0:  # no error number: a broken answer, maybe a proxy's
             raise SmsGatewayUnavailable(f"SMSAPI {self.name}: {answer.describe()}")
+        if answer.code not in UNKNOWN_ID_ERRORS:
+            raise SmsLookupRefused(f"SMSAPI {self.name}: {answer.describe()}")
         if len(ids) == 1:
             # The gateway does not know this id (wrong, or its report expired).
             return [StatusReport(SmsStatus.NOT_FOUND, message_id=ids[0])]

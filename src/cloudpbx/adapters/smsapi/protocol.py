@@ -48,9 +48,18 @@ STATUS_CODES: dict[int, SmsStatus] = {
 STATUS_NUMBERS = {status: code for code, status in STATUS_CODES.items()}
 
 # Error codes after which the same request may succeed later; the gateway did not take the
-# message. 52: too many messages to one number within 60 s; 200: unsuccessful submission;
-# 201, 999: internal errors; 202, 203: too many (simultaneous) requests.
-RETRY_ERRORS = frozenset({52, 200, 201, 202, 203, 999})
+# message. 8: error in request (SMSAPI's clients class it with the server errors 201,
+# 666, 999); 52: too many messages to one number within 60 s; 200: unsuccessful
+# submission; 201, 666, 999: internal errors; 202, 203: too many (simultaneous) requests.
+RETRY_ERRORS = frozenset({8, 52, 200, 201, 202, 203, 666, 999})
+# Errors of the account, not of the message (SMSAPI's clients raise them as one class):
+# 101 bad authorization, 102 bad username or password, 103 no credit, 105 IP filter,
+# 110 action not allowed for the account. Every message would get the same answer until
+# someone fixes the account: its outbox is held, nothing is failed.
+ACCOUNT_ERRORS = frozenset({101, 102, 103, 105, 110})
+# "Invalid URL in notify_url parameter": our callback URL is wrong (a setting), not the
+# message: send without it and alert the operator.
+NOTIFY_URL_REFUSED = 70
 # `check_idx=1` and a message with this idx was sent before.
 DUPLICATE_IDX = 53
 # Status query for ids the gateway does not know.
@@ -133,8 +142,15 @@ def interpret_send(
             return SubmitResult(
                 None, SmsStatus.QUEUE, error.describe(), outcome=SubmitOutcome.DUPLICATE
             )
-        outcome = SubmitOutcome.RETRY if error.code in RETRY_ERRORS else SubmitOutcome.REFUSED
-        return SubmitResult(None, SmsStatus.FAILED, error.describe(), outcome=outcome)
+        if error.code in RETRY_ERRORS:
+            outcome = SubmitOutcome.RETRY
+        elif error.code in ACCOUNT_ERRORS:
+            outcome = SubmitOutcome.HOLD
+        else:
+            outcome = SubmitOutcome.REFUSED
+        return SubmitResult(
+            None, SmsStatus.FAILED, error.describe(), outcome=outcome, error_code=error.code
+        )
     if http_status == 429:
         return SubmitResult(
             None,
@@ -184,7 +200,9 @@ def interpret_send(
             outcome=SubmitOutcome.UNSURE,
         )
     points = points_of(entry.get("points"))
-    parts = document.get("parts")
+    # `parts` at the top level with `details=1`; SMSAPI's python client fixtures also put
+    # it on the entry.
+    parts = document.get("parts", entry.get("parts"))
     return SubmitResult(
         message_id=message_id,
         status=status_from_name(entry.get("status")) or SmsStatus.QUEUE,

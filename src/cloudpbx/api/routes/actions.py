@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from pydantic import BaseModel, Field
 from starlette.responses import PlainTextResponse, Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
 from cloudpbx.api.responses import CLIENT_ERRORS, ErrorBody, OrjsonResponse
-from cloudpbx.domain.errors import BadRequest
-from cloudpbx.domain.sms import MAX_BODY, is_test_flag, normalize_recipient
+from cloudpbx.api.routes.params import DIAL_PARAMETERS, check_dial
+from cloudpbx.domain.sms import body_problem, is_test_flag, normalize_recipient
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-# ASCII digits only: `\d` would also match other scripts' digits, which are no extension.
-_EXTENSION = re.compile(r"[0-9]{1,10}")
-_DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
 
 
 class SmsResponse(BaseModel):
@@ -33,6 +28,8 @@ class SmsResponse(BaseModel):
 
 ACTION_ERROR = "Action Error"
 PARAMETER_MISSING = "Parameter is missing"
+# Every 400 of /sendSMS keeps the documented body and names the problem in this header.
+ERROR_DETAIL = "X-Error-Detail"
 
 
 @router.get(
@@ -41,32 +38,23 @@ PARAMETER_MISSING = "Parameter is missing"
     summary="Call cpa, then connect it to cpb",
     # A class without a media type: the answers below are text, its errors JSON.
     response_class=Response,
+    openapi_extra={"parameters": DIAL_PARAMETERS},
     responses={
         **CLIENT_ERRORS,
         200: {"content": {"text/plain": {"example": "OK"}}},
         500: {"content": {"text/plain": {"example": ACTION_ERROR}}},
     },
 )
-async def dial(
-    tenant: TenantDep, runtime: RuntimeDep, cpa: str | None = None, cpb: str | None = None
-) -> Response:
+async def dial(request: Request, tenant: TenantDep, runtime: RuntimeDep) -> Response:
     """`OK` once the PBX accepted the call, `Action Error` (500) when it did not.
 
+    A missing or malformed number, or cpb equal to cpa, is a 400 naming the problem.
+    Not accepted also covers a cpa the backend already knows cannot ring (Asterisk
+    reports its device unavailable: not registered or unreachable), rather than an `OK`
+    that fails a millisecond later (docs/asterisk.md, "/dial").
     The `X-Originate-Id` header names the attempt, for matching the PBX's logs.
     """
-    for name, value in (("cpa", cpa), ("cpb", cpb)):
-        if value is None or value == "":
-            raise BadRequest(f"{name} is required", code="missing_parameter")
-    assert cpa is not None and cpb is not None
-    if not _EXTENSION.fullmatch(cpa):
-        raise BadRequest(
-            f"cpa must be an extension number (digits), got {cpa!r}", code="invalid_cpa"
-        )
-    if not _DIALABLE.fullmatch(cpb):
-        raise BadRequest(
-            f"cpb must be a dialable number (digits, *, #, leading +), got {cpb!r}",
-            code="invalid_cpb",
-        )
+    cpa, cpb = check_dial(request.query_params.get("cpa"), request.query_params.get("cpb"))
     backend = runtime.backend_for(tenant)
     if backend is None:
         log.warning("dial on %s refused: no PBX backend serves it", tenant.name)
@@ -90,8 +78,15 @@ async def dial(
         **CLIENT_ERRORS,
         200: {"model": SmsResponse},
         400: {
-            "description": "`to` or `body` missing or invalid",
+            "description": "`to` or `body` missing or invalid (a body longer than 6 SMS "
+            "parts, 918 GSM-7 or 402 UCS-2 characters, is invalid); nothing is stored",
             "content": {"text/plain": {"example": PARAMETER_MISSING}},
+            "headers": {
+                ERROR_DETAIL: {
+                    "description": "What is wrong, e.g. the body's length and the limit",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         403: {"model": ErrorBody, "description": "The PBX has no SMS gateway"},
         500: {"model": SmsResponse, "description": "Gateway failure: responseErrorMessage"},
@@ -104,9 +99,28 @@ async def send_sms(
     body: Annotated[str | None, Form()] = None,
     test: Annotated[str | None, Form()] = None,
 ) -> Response:
+    """The documented 400 body `Parameter is missing` answers every missing or invalid
+    field, a too long body included (clients compare it); the `X-Error-Detail` header
+    says which field and why, e.g. the body's parts and the 6-part limit."""
     runtime.sms.gateway_for(tenant)
-    recipient = normalize_recipient(to) if to else None
-    if recipient is None or not body or len(body) > MAX_BODY:
-        return PlainTextResponse(PARAMETER_MISSING, status_code=400)
+    problem = _sms_problem(to, body)
+    if problem is not None:
+        return PlainTextResponse(
+            PARAMETER_MISSING, status_code=400, headers={ERROR_DETAIL: problem}
+        )
+    recipient = normalize_recipient(to or "")
+    assert recipient is not None and body is not None
     outcome = await runtime.sms.send(tenant, recipient, body, is_test_flag(test))
     return OrjsonResponse(outcome.body(), status_code=500 if outcome.error else 200)
+
+
+def _sms_problem(to: str | None, body: str | None) -> str | None:
+    """What is wrong with /sendSMS's fields, in words that never repeat the values (they
+    go into a header)."""
+    if not to:
+        return "to is missing"
+    if normalize_recipient(to) is None:
+        return "to must be a nine-digit mobile number, optionally after 48 or +48"
+    if body is None:
+        return "body is missing"
+    return body_problem(body)

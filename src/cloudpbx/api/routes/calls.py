@@ -24,7 +24,7 @@ from cloudpbx.api.responses import (
     range_answer,
     range_not_satisfiable,
 )
-from cloudpbx.api.routes.params import DateStart, DateStop, check_uniqueid
+from cloudpbx.api.routes.params import DateStart, DateStop, UniqueId
 from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.errors import NotFound
 
@@ -132,8 +132,8 @@ async def list_transcriptions(
     summary="One transcription",
     responses={**CLIENT_ERRORS, 200: {"model": Transcription}},
 )
-async def get_transcription(uniqueid: str, tenant: TenantDep, runtime: RuntimeDep) -> Response:
-    found = await runtime.calls.get_transcription(tenant, check_uniqueid(uniqueid))
+async def get_transcription(uniqueid: UniqueId, tenant: TenantDep, runtime: RuntimeDep) -> Response:
+    found = await runtime.calls.get_transcription(tenant, uniqueid)
     if found is None:
         raise NotFound(f"no transcription for call {uniqueid}", code="unknown_transcription")
     return OrjsonResponse(found)
@@ -170,10 +170,10 @@ async def list_recordings(
     },
 )
 async def download_recording(
-    uniqueid: str, request: Request, tenant: TenantDep, runtime: RuntimeDep
+    uniqueid: UniqueId, request: Request, tenant: TenantDep, runtime: RuntimeDep
 ) -> Response:
     """The audio file; `Range: bytes=...` gets 206, a range past its end 416 (JSON)."""
-    info = await runtime.calls.get_recording(tenant, check_uniqueid(uniqueid))
+    info = await runtime.calls.get_recording(tenant, uniqueid)
     if info is None:
         raise NotFound(f"no recording for call {uniqueid}", code="unknown_recording")
     root = runtime.ingest.recordings_dir(tenant.name)

@@ -19,8 +19,12 @@ router = APIRouter()
     tags=["operations"],
     summary="Health of the server and its database",
     responses={
-        200: {"description": '`{"status": "ok", "version": ..., "database": "ok"}`'},
+        200: {
+            "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
+            '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
+        },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
+        # (200 `degraded` also when a backend is down or an SMS account is held.)
     },
 )
 async def healthz(runtime: RuntimeDep) -> Response:
@@ -35,21 +39,32 @@ async def healthz(runtime: RuntimeDep) -> Response:
     except Exception as exc:  # the check must answer, whatever the driver raised
         database = f"error: {type(exc).__name__}"
     backends = [_backend_status(backend) for backend in runtime.backends]
+    # SMS gateways by kind: `held` (an account error, e.g. no credit: its messages wait)
+    # or `alert` (e.g. SMSAPI refused our callback URL) make the answer `degraded`.
+    sms = runtime.sms.health()
     ok = database == "ok"
-    healthy = ok and all(item["status"] == "ok" for item in backends)
+    healthy = ok and all(item["status"] == "ok" for item in [*backends, *sms])
     return OrjsonResponse(
         {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
             "database": database,
             "backends": backends,
+            "sms": sms,
         },
         status_code=200 if ok else 503,
     )
 
 
-def _backend_status(backend: object) -> dict[str, str]:
+def _backend_status(backend: object) -> dict[str, str | int]:
+    """Kind and status; `dropped` too where the backend counts events of no PBX (a
+    number names nobody, and a growing one says a tenant rule is missing)."""
     kind = type(backend).__name__.removesuffix("Backend").lower()
-    if isinstance(backend, ReportsHealth):
-        return {"backend": kind, "status": str(backend.health().get("status", "unknown"))}
-    return {"backend": kind, "status": "ok"}
+    if not isinstance(backend, ReportsHealth):
+        return {"backend": kind, "status": "ok"}
+    health = backend.health()
+    item: dict[str, str | int] = {"backend": kind, "status": str(health.get("status", "unknown"))}
+    dropped = health.get("dropped")
+    if isinstance(dropped, int):
+        item["dropped"] = dropped
+    return item
