@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import struct
@@ -204,6 +205,34 @@ async def test_a_quiet_client_is_pinged_and_one_that_answers_stays(pinging) -> N
             writer.write(client_frame(0xA, payload))
             opcode, payload = await read_frame(reader, 2)
         assert (opcode, payload) == (0x1, sent.data.encode())
+
+
+async def test_a_busy_connection_is_not_pinged(tmp_path: Path) -> None:
+    """Messages every 0.1 s keep a connection alive: with a 2 s interval, 4 s of traffic
+    bring no ping (an idle connection would have had two)."""
+    tenants = Tenants()
+    settings = make_settings(tmp_path, ws_ping_interval=2.0)
+    async with (
+        running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server,
+        raw_ws(server, a_path(tenants)) as (reader, _writer, _head),
+    ):
+        opcodes: list[int] = []
+
+        async def read_all() -> None:
+            while True:
+                opcode, _ = await read_frame(reader, 10)
+                opcodes.append(opcode)
+
+        reading = asyncio.create_task(read_all())
+        for n in range(40):
+            await publish(server, tenants.a_name, [ExtStatus(str(100 + n), DeviceState.IDLE)])
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # the last messages arrive
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+    assert opcodes.count(0x1) == 40
+    assert 0x9 not in opcodes
 
 
 async def test_server_shutdown_closes_with_1012_naming_the_resume_id(tmp_path: Path) -> None:
