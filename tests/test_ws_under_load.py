@@ -46,13 +46,24 @@ async def test_publishing_does_not_wait_while_another_writer_holds_the_lock(
             await server.runtime.hub.flush()
             ids = [(await recv_json(ws))["id"] for _ in range(block // 2 + 1)]
             path = settings.effective_database_url.removeprefix("sqlite:///")
-            blocker = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # The blocker's calls block, so they run in a thread: the server, in this loop,
+            # must go on (it may be half-way through a transaction of its own).
+            blocker = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             try:
-                blocker.execute("BEGIN IMMEDIATE")  # SQLite's one write lock, held
+                # The next block, reserved in the background once half of this one was used.
+                reserved = "SELECT event_id_reserved FROM pbx WHERE id = ?"
+                for _ in range(1000):
+                    row = await asyncio.to_thread(blocker.execute(reserved, (tenant.id,)).fetchone)
+                    if row[0] >= 2 * block:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(blocker.execute, "BEGIN IMMEDIATE")  # the write lock
                 durations = [await timed_publish(server, tenant, n) for n in range(block)]
                 assert max(durations) < 2.0  # the busy timeout is 30 s: nobody waited on it
             finally:
-                blocker.execute("ROLLBACK")
+                await asyncio.to_thread(blocker.execute, "ROLLBACK")
                 blocker.close()
 
             async def rest() -> list[int]:
