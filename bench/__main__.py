@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench               # full run, several minutes
     .venv/bin/python -m bench --quick       # smoke run, about a minute
-    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, memory, transcription, ami
+    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, memory, keepalive,
+                                            # storefirst, transcription, ami
 
 Every server runs in its own process on 127.0.0.1, the load in other processes. Numbers
 go to stdout as tables, and to .bench-data/results-{quick,full}.json.
@@ -19,11 +20,11 @@ import time
 
 import orjson
 
-from bench import ami, cdr, fanout, memory, transcription
+from bench import ami, cdr, fanout, keepalive, memory, storefirst, transcription
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "transcription", "ami")
+SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +108,17 @@ async def main(args: argparse.Namespace) -> Report:
             client=args.ws_client,
             profile=args.profile,
         )
+    for name, module in (("keepalive", keepalive), ("storefirst", storefirst)):
+        if name in suites:
+            await quiet(name)
+            await module.run(
+                report,
+                quick=args.quick,
+                loop=args.loop,
+                procs=args.ws_procs,
+                compression=compression,
+                client=args.ws_client,
+            )
     if "transcription" in suites:
         await quiet("transcription")
         await transcription.run(report, quick=args.quick)

@@ -21,6 +21,9 @@ production one); the only additions are routes under `/_bench/` on the same app:
 - `POST /_bench/tracemalloc/start`, `POST /_bench/tracemalloc/report?path=&count=`: where
   the Python heap grew in between (per connection), by file and by line;
 - `POST /_bench/shutdown`: a clean stop (lifespan shutdown runs, no signal involved).
+
+`BENCH_HUB=publish-first` makes the hub publish before storing (the order before
+store-first), the baseline of bench/storefirst.py.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import os
 import pstats
 import time
 import tracemalloc
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,13 +49,16 @@ from starlette.responses import Response
 from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
 from cloudpbx.api.responses import OrjsonResponse, page_response
 from cloudpbx.domain.dates import date_range
-from cloudpbx.domain.events import Subscriber
+from cloudpbx.domain.events import Event, Subscriber, channel_name
 from cloudpbx.domain.records import CdrRecord
 from cloudpbx.domain.states import DeviceState, Disposition
+from cloudpbx.ports.bus import WireMessage
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.server import attach_backends, freeze_startup_heap, uvicorn_config
+from cloudpbx.services.events import EventHub
 from cloudpbx.settings import load_settings
 from cloudpbx.storage.json_rows import JsonPage
+from cloudpbx.storage.tenants import Tenant
 
 
 def starlette_ws_route(app: FastAPI) -> None:
@@ -67,6 +74,25 @@ def starlette_ws_route(app: FastAPI) -> None:
         await pbx_events(websocket, websocket.path_params["channel"])
 
     app.router.routes.insert(0, WebSocketRoute("/ws/{channel:path}", endpoint))
+
+
+def publish_before_storing(hub: EventHub) -> None:
+    """Baseline (BENCH_HUB=publish-first): the order before store-first, for comparison.
+    Messages go to the bus as soon as they are numbered; the group commit stores them
+    afterwards and delivers nothing itself."""
+    publish = hub.publish
+
+    async def publish_first(tenant: Tenant, events: Sequence[Event]) -> list[WireMessage]:
+        messages = await publish(tenant, events)
+        for message in messages:
+            await hub.bus.publish(channel_name(tenant.name), message)
+        return messages
+
+    async def stored_only(pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
+        return None
+
+    hub.publish = publish_first  # type: ignore[method-assign]
+    hub._deliver = stored_only  # type: ignore[method-assign]
 
 
 class GcPauses:
@@ -274,6 +300,8 @@ async def main() -> None:
     server = uvicorn.Server(config)
     app: Any = config.app
     install_bench_routes(app, runtime, server)
+    if os.environ.get("BENCH_HUB") == "publish-first":
+        publish_before_storing(runtime.hub)
     if os.environ.get("BENCH_WS_ROUTE") == "starlette":
         starlette_ws_route(app)
     task = asyncio.create_task(server.serve())

@@ -64,8 +64,11 @@ def cloudpbx_env(database: Path, loop: str) -> dict[str, str]:
     }
 
 
-async def start_cloudpbx(name: str, database: Path, loop: str = "asyncio") -> Server:
-    child = await spawn(name, "bench.serve", env=cloudpbx_env(database, loop))
+async def start_cloudpbx(
+    name: str, database: Path, loop: str = "asyncio", env: dict[str, str] | None = None
+) -> Server:
+    """`env` adds or overrides variables (CLOUDPBX_* settings, BENCH_* knobs)."""
+    child = await spawn(name, "bench.serve", env={**cloudpbx_env(database, loop), **(env or {})})
     ready = await child.read(within=60)
     return Server("cloudpbx", child, int(ready["port"]))
 

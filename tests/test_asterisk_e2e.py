@@ -194,12 +194,13 @@ async def test_register_and_unregister(lab: Lab, tmp_path: Path) -> None:
     async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a:
         try:
             await asyncio.to_thread(lab.stop_phone, 103)
+            unavailable = {"exten": "103", "status": 4}
             await a.wait(lambda: a.states(103)[-1:] == [4])
-            message = next(m for m in reversed(a.messages) if "subscriber" in m["text"])
-            assert message["text"] == {
-                "subscriber": {"peer": "MojaCentrala-103", "statusValue": 4},
-                "extstatus": {"exten": "103", "status": 4},
-            }
+            await a.wait(lambda: unavailable in a.events("extstatus"))
+            # One event per message: the subscriber line, then the phone's extstatus.
+            texts = [m["text"] for m in a.messages]
+            first = texts.index({"subscriber": {"peer": "MojaCentrala-103", "statusValue": 4}})
+            assert texts[first + 1] == {"extstatus": unavailable}
         finally:
             await asyncio.to_thread(lab.start_phone, 103)
         await a.wait(lambda: a.states(103)[-2:] == [4, 0])

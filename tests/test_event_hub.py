@@ -1,4 +1,4 @@
-"""EventHub: id blocks, the history ring, replay, write-behind, prune, close, crashes."""
+"""EventHub: id blocks, the history ring, replay, store-then-publish, prune, close, crashes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.bus.memory import MemoryBus
-from cloudpbx.domain.events import ExtStatus, QueueCalls, Subscriber
+from cloudpbx.domain.events import Event, ExtStatus, QueueCalls, Subscriber
 from cloudpbx.domain.states import DeviceState
 from cloudpbx.ports.bus import WireMessage
 from cloudpbx.services import events as events_module
@@ -64,6 +64,12 @@ class ControlledStore(EventStore):
         self.prune_gate: asyncio.Event | None = None
         self.prune_entered = asyncio.Event()
         self.prunes: list[tuple[int, int]] = []
+        self.loads = 0
+
+    async def latest(self, pbx_id: int, limit: int) -> list[WireMessage]:
+        self.loads += 1
+        await asyncio.sleep(0.01)  # a slow first load: concurrent callers overlap in it
+        return await super().latest(pbx_id, limit)
 
     async def append(self, batch: Sequence[tuple[int, WireMessage]]) -> None:
         self.append_started.set()
@@ -95,10 +101,18 @@ def ext(n: int) -> ExtStatus:
     return ExtStatus(str(n), DeviceState.IN_USE)
 
 
-async def publish_n(hub: EventHub, tenant: Tenant, count: int) -> list[int]:
+async def queue_n(hub: EventHub, tenant: Tenant, count: int) -> list[int]:
+    """Publish `count` messages: numbered and queued for the next group commit."""
     ids: list[int] = []
     for n in range(count):
         ids += [m.id for m in await hub.publish(tenant, [ext(n)])]
+    return ids
+
+
+async def publish_n(hub: EventHub, tenant: Tenant, count: int) -> list[int]:
+    """Publish `count` messages and commit them (stored, in the history, on the bus)."""
+    ids = await queue_n(hub, tenant, count)
+    await hub.flush()
     return ids
 
 
@@ -124,18 +138,40 @@ async def test_ids_start_at_1_and_are_reserved_a_block_at_a_time(engine, tenant)
     assert await reserved(engine, tenant) == 7  # the unused 8 and 9 are given back
 
 
-async def test_a_message_carries_its_id_channel_and_grouped_text(engine, tenant) -> None:
+def one_change(tenant: Tenant) -> list[Event]:
+    return [
+        Subscriber(f"{tenant.name}-101", DeviceState.RINGING),
+        ExtStatus("101", DeviceState.RINGING),
+        ExtStatus("102", DeviceState.IDLE),
+        QueueCalls("K", 3),
+    ]
+
+
+async def test_a_message_carries_its_id_channel_and_one_event(engine, tenant) -> None:
     hub, _, _ = make_hub(engine)
     subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
-    messages = await hub.publish(
-        tenant,
-        [
-            Subscriber(f"{tenant.name}-101", DeviceState.RINGING),
-            ExtStatus("101", DeviceState.RINGING),
-            ExtStatus("102", DeviceState.IDLE),
-            QueueCalls("K", 3),
-        ],
-    )
+    messages = await hub.publish(tenant, one_change(tenant))
+    assert [m.id for m in messages] == [1, 2, 3, 4]
+    channel = f"pbx_{tenant.name}"
+    assert [orjson.loads(m.data) for m in messages] == [
+        {
+            "id": 1,
+            "channel": channel,
+            "text": {"subscriber": {"peer": f"{tenant.name}-101", "statusValue": 8}},
+        },
+        {"id": 2, "channel": channel, "text": {"extstatus": {"exten": "101", "status": 8}}},
+        {"id": 3, "channel": channel, "text": {"extstatus": {"exten": "102", "status": 0}}},
+        {"id": 4, "channel": channel, "text": {"queue": {"peer": "K", "calls": "3"}}},
+    ]
+    await hub.flush()
+    assert subscription.drain() == messages
+    await hub.close()
+
+
+async def test_bundling_is_an_opt_in_that_groups_one_change(engine, tenant) -> None:
+    hub, _, _ = make_hub(engine, bundle=True)
+    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    messages = await hub.publish(tenant, one_change(tenant))
     assert [m.id for m in messages] == [1, 2]
     decoded = [orjson.loads(m.data) for m in messages]
     assert decoded == [
@@ -156,6 +192,7 @@ async def test_a_message_carries_its_id_channel_and_grouped_text(engine, tenant)
             },
         },
     ]
+    await hub.flush()
     assert subscription.drain() == messages
     assert await hub.publish(tenant, []) == []
     await hub.close()
@@ -176,6 +213,7 @@ async def test_concurrent_publishers_get_unique_ids_delivered_in_order(engine, t
     results = await asyncio.gather(*(publish_n(hub, tenant, 25) for _ in range(8)))
     ids = sorted(i for r in results for i in r)
     assert ids == list(range(1, 201))
+    await hub.flush()
     assert [m.id for m in subscription.drain()] == ids  # bus order == id order
     await hub.close()
 
@@ -206,28 +244,41 @@ async def test_a_crash_skips_the_rest_of_the_block_but_never_reuses(engine, tena
     await third.close()
 
 
-async def test_after_a_crash_a_resume_from_before_it_is_partial(engine, tenant) -> None:
-    crashed, _, store = make_hub(engine, id_block=100, history_size=100)
+async def test_after_a_crash_every_message_anyone_saw_resumes_completely(engine, tenant) -> None:
+    crashed, _, store = make_hub(engine, id_block=100, history_size=100, flush_interval=60)
+    subscription = crashed.bus.subscribe(f"pbx_{tenant.name}", 100)
     await publish_n(crashed, tenant, 3)
     await crashed.flush()
-    store.fail_all = True  # 4 and 5 go out but never reach the database
+    store.fail_all = True  # 4 and 5 never reach the database: so nobody gets them
     await publish_n(crashed, tenant, 2)
+    assert await crashed.flush() is False
+    assert [m.id for m in subscription.drain()] == [1, 2, 3]
+    # No close(): a new process starts over the same database.
     restarted, _, _ = make_hub(engine, id_block=100, history_size=100)
     replay = await restarted.replay_after(tenant, 1)
-    assert ([m.id for m in replay.messages], replay.complete) == ([2, 3], False)
-    replay = await restarted.replay_after(tenant, 5)  # saw 5; 6-100 may have gone out too
-    assert (replay.messages, replay.complete) == ([], False)
-    assert await publish_n(restarted, tenant, 1) == [101]
-    replay = await restarted.replay_after(tenant, 100)
-    assert ([m.id for m in replay.messages], replay.complete) == ([101], True)
-    await restarted.close()
-    store.fail_all = False
-    await crashed.close()
-    # A clean stop leaves nothing uncertain: the next process vouches for everything.
-    clean, _, _ = make_hub(engine, id_block=100, history_size=100)
-    replay = await clean.replay_after(tenant, 101)
+    assert ([m.id for m in replay.messages], replay.complete) == ([2, 3], True)
+    replay = await restarted.replay_after(tenant, 3)  # the newest anyone saw
     assert (replay.messages, replay.complete) == ([], True)
-    await clean.close()
+    assert await publish_n(restarted, tenant, 1) == [101]
+    await restarted.close()
+    replay = await restarted.replay_after(tenant, 3)
+    assert ([m.id for m in replay.messages], replay.complete) == ([101], True)
+    store.fail_all = False
+
+
+async def test_nothing_is_published_before_it_is_stored(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, history_size=100, flush_interval=60)
+    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 100)
+    ids = await queue_n(hub, tenant, 3)
+    store.append_delay = 0.2
+    flush = asyncio.create_task(hub.flush())
+    await asyncio.wait_for(store.append_started.wait(), 1)
+    assert subscription.drain() == []  # being written: not out yet
+    assert (await hub.replay_after(tenant, 0)).messages == []
+    assert await flush is True
+    assert [m.id for m in subscription.drain()] == ids
+    assert await stored_ids(engine, tenant) == ids
+    await hub.close()
 
 
 async def test_a_publish_after_close_does_not_reuse_released_ids(engine, tenant) -> None:
@@ -256,12 +307,13 @@ async def test_a_failed_reservation_keeps_what_already_went_out(engine, tenant) 
     subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
     with pytest.raises(OSError):
         await hub.publish(tenant, [ext(1), ext(2), ext(3)])  # the third needs a new block
-    assert [m.id for m in subscription.drain()] == [1, 2]
     for _ in range(100):
         if await stored_ids(engine, tenant) == [1, 2]:
             break
         await asyncio.sleep(0.01)
     assert await stored_ids(engine, tenant) == [1, 2]
+    await hub.flush()
+    assert [m.id for m in subscription.drain()] == [1, 2]
     tenants.reserve_event_ids = original  # type: ignore[method-assign]
     assert await publish_n(hub, tenant, 1) == [3]
     await hub.close()
@@ -316,12 +368,14 @@ async def test_history_is_loaded_from_the_database(engine, tenant) -> None:
 
 
 async def test_concurrent_first_use_loads_one_channel(engine, tenant) -> None:
-    hub, _, _ = make_hub(engine)
+    hub, _, store = make_hub(engine)
     results = await asyncio.gather(
         hub.publish(tenant, [ext(1)]), hub.replay_after(tenant, 0), hub.publish(tenant, [ext(2)])
     )
+    assert store.loads == 1  # one load shared, not one per caller
     # Two concurrent publishes: either may go first, but the ids are 1 and 2.
     assert sorted([m.id for m in results[0]] + [m.id for m in results[2]]) == [1, 2]
+    await hub.flush()
     assert [m.id for m in (await hub.replay_after(tenant, 0)).messages] == [1, 2]
     await hub.close()
 
@@ -329,10 +383,13 @@ async def test_concurrent_first_use_loads_one_channel(engine, tenant) -> None:
 # ---------------------------------------------------------------- write-behind
 
 
-async def test_messages_are_written_behind_in_the_background(engine, tenant) -> None:
-    hub, _, _ = make_hub(engine, flush_interval=0.01, history_size=100)
-    ids = await publish_n(hub, tenant, 10)
-    assert await stored_ids(engine, tenant) == []  # not on the publishing path
+async def test_messages_are_stored_by_a_group_commit_in_the_background(engine, tenant) -> None:
+    hub, _, store = make_hub(engine, flush_interval=0.01, history_size=100)
+    store.append_delay = 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ids = await queue_n(hub, tenant, 10)
+    assert loop.time() - started < 0.2  # publishing does not wait for the write
     for _ in range(100):
         if await stored_ids(engine, tenant) == ids:
             break
@@ -353,9 +410,9 @@ async def test_prune_keeps_what_the_history_keeps(engine, tenant) -> None:
 async def test_close_waits_for_a_write_in_flight_instead_of_losing_it(engine, tenant) -> None:
     hub, _, store = make_hub(engine, flush_interval=0.001, history_size=100)
     store.append_delay = 0.1
-    ids = await publish_n(hub, tenant, 5)
+    ids = await queue_n(hub, tenant, 5)
     await asyncio.wait_for(store.append_started.wait(), 1)
-    more = await publish_n(hub, tenant, 2)  # pending while the first batch is written
+    more = await queue_n(hub, tenant, 2)  # pending while the first batch is written
     await hub.close()
     assert await stored_ids(engine, tenant) == ids + more
 
@@ -363,9 +420,9 @@ async def test_close_waits_for_a_write_in_flight_instead_of_losing_it(engine, te
 async def test_messages_published_while_the_flusher_prunes_are_written(engine, tenant) -> None:
     hub, _, store = make_hub(engine, flush_interval=0.001, history_size=5, id_block=100)
     store.prune_gate = asyncio.Event()
-    ids = await publish_n(hub, tenant, 6)  # enough to make a prune due
+    ids = await queue_n(hub, tenant, 6)  # enough to make a prune due
     await asyncio.wait_for(store.prune_entered.wait(), 1)
-    late = await publish_n(hub, tenant, 2)  # the flusher is busy pruning
+    late = await queue_n(hub, tenant, 2)  # the flusher is busy pruning
     store.prune_gate.set()
     expected = (ids + late)[-5:]
     for _ in range(100):  # no further publish, no close: the flusher must go on by itself
@@ -379,11 +436,11 @@ async def test_messages_published_while_the_flusher_prunes_are_written(engine, t
 async def test_a_channel_added_during_a_prune_does_not_break_it(engine, tenant) -> None:
     other = await TenantStore(engine).create(f"Hub{next(_names)}")
     hub, _, store = make_hub(engine, history_size=2, id_block=100, flush_interval=60)
-    await publish_n(hub, tenant, 4)
+    await queue_n(hub, tenant, 4)
     store.prune_gate = asyncio.Event()
     flush = asyncio.create_task(hub.flush())
     await asyncio.wait_for(store.prune_entered.wait(), 1)
-    await publish_n(hub, other, 1)  # a new channel while flush() iterates the channels
+    await queue_n(hub, other, 1)  # a new channel while flush() iterates the channels
     store.prune_gate.set()
     assert await asyncio.wait_for(flush, 1) is True
     await hub.close()
@@ -393,9 +450,9 @@ async def test_a_channel_added_during_a_prune_does_not_break_it(engine, tenant) 
 async def test_failed_writes_are_retried_in_order(engine, tenant) -> None:
     hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
     store.fail_all = True
-    first = await publish_n(hub, tenant, 3)
+    first = await queue_n(hub, tenant, 3)
     assert await hub.flush() is False
-    second = await publish_n(hub, tenant, 2)
+    second = await queue_n(hub, tenant, 2)
     assert await hub.flush() is False
     store.fail_all = False
     assert await hub.flush() is True
@@ -407,8 +464,8 @@ async def test_one_failing_pbx_does_not_hold_back_another(engine, tenant) -> Non
     other = await TenantStore(engine).create(f"Hub{next(_names)}")
     hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
     store.fail_pbx = {tenant.id}
-    await publish_n(hub, tenant, 2)
-    ok = await publish_n(hub, other, 2)
+    await queue_n(hub, tenant, 2)
+    ok = await queue_n(hub, other, 2)
     assert await hub.flush() is False
     assert await stored_ids(engine, other) == ok
     assert await stored_ids(engine, tenant) == []
@@ -420,21 +477,21 @@ async def test_one_failing_pbx_does_not_hold_back_another(engine, tenant) -> Non
 async def test_writes_that_keep_failing_are_dropped_after_some_attempts(engine, tenant) -> None:
     hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
     store.fail_all = True
-    await publish_n(hub, tenant, 2)
+    await queue_n(hub, tenant, 2)
     results = [await hub.flush() for _ in range(events_module.MAX_ATTEMPTS)]
     assert results == [False] * events_module.MAX_ATTEMPTS
     store.fail_all = False
     assert await hub.flush() is True  # nothing left to write
     assert await stored_ids(engine, tenant) == []
-    # Memory still has them: resume within this process still works.
-    assert [m.id for m in (await hub.replay_after(tenant, 0)).messages] == [1, 2]
+    # Never stored, so never sent: not in the history either.
+    assert (await hub.replay_after(tenant, 0)).messages == []
     await hub.close()
 
 
 async def test_close_with_a_dead_database_ends(engine, tenant) -> None:
     hub, _, store = make_hub(engine, flush_interval=0.001, history_size=100)
     store.fail_all = True
-    await publish_n(hub, tenant, 2)
+    await queue_n(hub, tenant, 2)
     await asyncio.wait_for(hub.close(), 3)
 
 
@@ -452,7 +509,7 @@ async def test_the_flusher_backs_off_on_failures(engine, tenant, monkeypatch) ->
         await original(batch)
 
     store.append = failing  # type: ignore[method-assign]
-    ids = await publish_n(hub, tenant, 2)
+    ids = await queue_n(hub, tenant, 2)
     for _ in range(100):
         if await stored_ids(engine, tenant) == ids:
             break

@@ -155,8 +155,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0)
 
 
 async def sms_events(server: LiveServer, pbx: str) -> list[dict[str, Any]]:
-    """The PBX's smsSendResponse events so far, oldest first (WebSocket history)."""
+    """The PBX's smsSendResponse events so far, oldest first (WebSocket history, once the
+    group commit has stored what was published)."""
     tenant = await server.runtime.tenants.require(pbx)
+    await server.runtime.hub.flush()
     replay = await server.runtime.hub.replay_after(tenant, 0)
     found = []
     for message in replay.messages:

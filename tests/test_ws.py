@@ -75,11 +75,14 @@ _tenants: weakref.WeakKeyDictionary[EventHub, dict[str, Tenant]] = weakref.WeakK
 
 
 async def publish(server: LiveServer, pbx: str, events: Sequence[Event]) -> list[WireMessage]:
-    """Publish through the server's hub, as a PBX backend does (the tenant looked up once)."""
+    """Publish through the server's hub, as a PBX backend does (the tenant looked up once),
+    and wait for the group commit: then the messages are stored, in the history and sent."""
     known = _tenants.setdefault(server.runtime.hub, {})
     if pbx not in known:
         known[pbx] = await server.runtime.tenants.require(pbx)
-    return await server.runtime.hub.publish(known[pbx], events)
+    messages = await server.runtime.hub.publish(known[pbx], events)
+    await server.runtime.hub.flush()
+    return messages
 
 
 async def wait_until(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
@@ -184,9 +187,8 @@ async def live(
 # ----------------------------------------------------------------- message format
 
 
-async def test_one_change_of_every_type_is_one_message_with_exact_field_types(live) -> None:
-    server, tenants = live
-    change: list[Event] = [
+def every_type() -> list[Event]:
+    return [
         Subscriber("MojaCentrala-101", DeviceState.RINGING, "600100200", "Jan Nowak"),
         ExtStatus("101", DeviceState.RINGING),
         QueueCalls("Kolejka1", 1),
@@ -204,13 +206,30 @@ async def test_one_change_of_every_type_is_one_message_with_exact_field_types(li
         ConferenceMember("SIP/MojaCentrala-101-0005f005", "add", "SesjaRady", "Jan Nowak", "101"),
         SmsSendResponse("3292468348841377230", "48600100200", SmsStatus.SENT),
     ]
-    async with ws_connect(server, a_path(tenants)) as ws:
-        [sent] = await publish(server, tenants.a_name, change)
+
+
+async def recv_texts(ws: ClientConnection, count: int) -> tuple[list[int], dict[str, Any]]:
+    """`count` messages of one event each: their ids, and their events by type."""
+    ids: list[int] = []
+    text: dict[str, Any] = {}
+    for _ in range(count):
         message = await recv_json(ws)
-    assert set(message) == {"id", "channel", "text"}
-    assert type(message["id"]) is int and message["id"] == sent.id
-    assert message["channel"] == "pbx_MojaCentrala"
-    text = message["text"]
+        assert set(message) == {"id", "channel", "text"}
+        assert type(message["id"]) is int
+        assert message["channel"] == "pbx_MojaCentrala"
+        [(kind, value)] = message["text"].items()  # one event per message
+        ids.append(message["id"])
+        text[kind] = value
+    return ids, text
+
+
+async def test_one_change_of_every_type_is_one_message_per_event_with_exact_types(live) -> None:
+    server, tenants = live
+    async with ws_connect(server, a_path(tenants)) as ws:
+        sent = await publish(server, tenants.a_name, every_type())
+        ids, text = await recv_texts(ws, 6)
+    assert ids == [m.id for m in sent]
+    assert ids == list(range(ids[0], ids[0] + 6))  # each its own id, consecutive
     assert list(text) == [
         "subscriber",
         "extstatus",
@@ -254,6 +273,20 @@ async def test_one_change_of_every_type_is_one_message_with_exact_field_types(li
     }
 
 
+async def test_bundling_opt_in_puts_one_change_in_one_message(tmp_path: Path) -> None:
+    tenants = Tenants()
+    settings = make_settings(tmp_path, ws_bundle_events=True)
+    async with (
+        running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server,
+        ws_connect(server, a_path(tenants)) as ws,
+    ):
+        [sent] = await publish(server, tenants.a_name, every_type())
+        message = await recv_json(ws)
+    assert message["id"] == sent.id
+    assert list(message["text"]) == [e.event_type for e in every_type()]
+    assert message["text"]["subscriber"]["connectPeerNumber"] == "600100200"
+
+
 async def test_the_sample_php_clients_reading_works(live) -> None:
     """What the provider's PHP client reads: `text` object, peer minus `PBX-` prefix."""
     server, tenants = live
@@ -275,8 +308,7 @@ async def test_the_sample_php_clients_reading_works(live) -> None:
                 ),
             ],
         )
-        text = (await recv_json(ws))["text"]
-    assert isinstance(text, dict)
+        _, text = await recv_texts(ws, 2)
     prefix = tenants.a_name + "-"
     assert text["subscriber"]["peer"].removeprefix(prefix) == "105"
     assert text["subscriber"]["connectPeerNumber"] == "102"
@@ -285,7 +317,7 @@ async def test_the_sample_php_clients_reading_works(live) -> None:
     assert "m_reason" not in text["qmember"]
 
 
-async def test_same_type_events_go_in_consecutive_messages_with_increasing_ids(live) -> None:
+async def test_each_event_goes_in_its_own_message_with_increasing_ids(live) -> None:
     server, tenants = live
     async with ws_connect(server, a_path(tenants)) as ws:
         sent = await publish(
@@ -299,20 +331,22 @@ async def test_same_type_events_go_in_consecutive_messages_with_increasing_ids(l
                 ExtStatus("103", DeviceState.BUSY),
             ],
         )
-        assert len(sent) == 3
-        messages = [await recv_json(ws) for _ in range(3)]
+        assert len(sent) == 5
+        messages = [await recv_json(ws) for _ in range(5)]
         await publish(server, tenants.a_name, [QueueCalls("K", 2)])
         messages.append(await recv_json(ws))
     ids = [m["id"] for m in messages]
     assert ids == [m.id for m in sent] + [messages[-1]["id"]]
     assert all(b > a for a, b in itertools.pairwise(ids))
-    assert [sorted(m["text"]) for m in messages] == [
-        ["extstatus", "subscriber"],
-        ["extstatus", "subscriber"],
+    assert [list(m["text"]) for m in messages] == [
+        ["subscriber"],
+        ["extstatus"],
+        ["subscriber"],
+        ["extstatus"],
         ["extstatus"],
         ["queue"],
     ]
-    assert messages[2]["text"]["extstatus"] == {"exten": "103", "status": 2}
+    assert messages[4]["text"]["extstatus"] == {"exten": "103", "status": 2}
 
 
 async def test_ids_increase_strictly_over_many_messages(live) -> None:

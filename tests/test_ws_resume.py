@@ -343,9 +343,8 @@ async def test_ids_never_repeat_after_a_crash(tmp_path: Path) -> None:
         async with ws_connect(second, a_path(tenants, "last_event_id=0")) as ws:
             assert await recv_ids(ws, 8) == before + after
         async with ws_connect(second, a_path(tenants, f"last_event_id={before[-1]}")) as ws:
-            # The first process may have sent ids up to the end of its block that never
-            # reached the database: the second cannot vouch for them.
-            assert resume_header(ws) == "partial"
+            # Stored before sent: whatever the first process sent, the second knows.
+            assert resume_header(ws) == "complete"
             assert await recv_ids(ws, 3) == after
         async with ws_connect(second, a_path(tenants, f"last_event_id={after[0]}")) as ws:
             assert resume_header(ws) == "complete"  # after the crash point: all known
@@ -362,7 +361,7 @@ async def test_ids_never_repeat_after_a_crash(tmp_path: Path) -> None:
     assert all_ids == sorted(all_ids)
 
 
-async def test_unflushed_messages_of_a_crash_are_lost_but_ids_move_on(
+async def test_a_message_a_crash_kept_from_the_database_was_never_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tenants = Tenants()
@@ -379,16 +378,18 @@ async def test_unflushed_messages_of_a_crash_are_lost_but_ids_move_on(
             raise OSError("simulated crash: the database is gone")
 
         monkeypatch.setattr(hub._store, "append", refuse)
-        lost = [m.id for m in await hub.publish(tenant, [ext(1)])]
+        async with ws_connect(first, a_path(tenants, f"last_event_id={kept[-1]}")) as watcher:
+            lost = [m.id for m in await hub.publish(tenant, [ext(1)])]
+            await hub.flush()
+            await assert_quiet(watcher, 0.2)  # not stored, so not sent to anyone
         async with running(settings) as second:
             after = await publish_ext(second, tenants.a_name, 1)
             assert after[0] > lost[-1]
             async with ws_connect(second, a_path(tenants, "last_event_id=0")) as ws:
                 assert await recv_ids(ws, 3) == kept + after
-            # A client that saw the lost message resumes without a repeat, and is told that
-            # the server cannot vouch for what the crashed process sent.
-            async with ws_connect(second, a_path(tenants, f"last_event_id={lost[-1]}")) as ws:
-                assert resume_header(ws) == "partial"  # what else did the dead one send?
+            # A client of the crashed process resumes from the last id it saw: complete.
+            async with ws_connect(second, a_path(tenants, f"last_event_id={kept[-1]}")) as ws:
+                assert resume_header(ws) == "complete"
                 assert await recv_ids(ws, 1) == after
                 await assert_quiet(ws, 0.05)
                 more = await publish_ext(second, tenants.a_name, 1)

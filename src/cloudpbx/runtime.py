@@ -142,7 +142,14 @@ def build_runtime(settings: Settings) -> Runtime:
     calls = CallStore(engine)
     sms_store = SmsStore(engine)
     bus = MemoryBus()
-    hub = EventHub(tenants, EventStore(engine), bus, history_size=settings.ws_history_size)
+    hub = EventHub(
+        tenants,
+        EventStore(engine),
+        bus,
+        history_size=settings.ws_history_size,
+        flush_interval=settings.ws_commit_interval,
+        bundle=settings.ws_bundle_events,
+    )
     ingest = PbxIngest(tenants, calls, hub, settings.recordings_dir)
     gateways: dict[str, SmsGateway] = {}
     if settings.sms_gateway == "simulator":

@@ -9,6 +9,7 @@ import uvicorn
 
 from cloudpbx.api.app import create_app
 from cloudpbx.api.http_limits import HeadLimits, guarded_http_protocol
+from cloudpbx.api.keepalive import keepalive_protocol
 from cloudpbx.api.redaction import install_log_redaction
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
@@ -18,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
     """wsproto serves the WebSocket: it accepts the document's own curl handshake, whose
-    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects. HTTP is
-    httptools with limits on the request head (api/http_limits.py). Log records lose
-    their API keys from here on (api/redaction.py)."""
+    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects. Pings come from
+    one keep-alive sweep (api/keepalive.py), not from uvicorn's timers per connection.
+    HTTP is httptools with limits on the request head (api/http_limits.py). Log records
+    lose their API keys from here on (api/redaction.py)."""
     install_log_redaction()
     settings = runtime.settings
     limits = HeadLimits(
@@ -35,9 +37,9 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         port=settings.port,
         http=guarded_http_protocol(limits),
         timeout_keep_alive=settings.http_keep_alive_timeout,
-        ws="wsproto",
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
+        ws=keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout),
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         # Every message is small JSON; compressing it per connection doubled the CPU of
         # fan-out and grew each connection from ~38 to ~130 KiB (bench/, docs/benchmarks.md).
         ws_per_message_deflate=False,

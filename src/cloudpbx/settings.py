@@ -98,8 +98,16 @@ class Settings(BaseSettings):
     summary_timeout: float = Field(120.0, gt=0, description="Seconds one request may take")
     ws_history_size: int = Field(10_000, ge=1, description="Messages kept per PBX for resume")
     ws_buffer_size: int = Field(1_000, ge=1, description="Messages queued per connection")
-    ws_ping_interval: float = Field(20.0, gt=0, description="Seconds between server pings")
+    ws_ping_interval: float = Field(
+        2.5, gt=0, description="Seconds a connection may go without data before a ping"
+    )
     ws_ping_timeout: float = Field(20.0, gt=0, description="Seconds to wait for a pong")
+    ws_bundle_events: bool = Field(
+        False, description="Several event types of one change in one message (opt-in)"
+    )
+    ws_commit_interval: float = Field(
+        0.005, gt=0, le=1, description="Seconds a group commit gathers messages before storing"
+    )
     simulator_seed: int | None = None
     simulator_rate: float = Field(
         0.15, ge=0, description="New simulated calls per second per PBX (0: only /dial)"

@@ -9,7 +9,9 @@ A client that falls `ws_buffer_size` messages behind is closed with code 4008 an
 naming the last id it was sent; it reconnects with `last_event_id` and loses nothing that
 is still in the history. The close frame queues behind what the client has not read yet
 and waits up to `ws_ping_timeout` for it to drain. A `last_event_id` beyond the newest id
-is taken as the newest. When the server stops, clients are closed with 1012.
+is taken as the newest. When the server stops, clients are closed with 1012; a client that
+leaves a keep-alive ping unanswered is closed with 1011 (api/keepalive.py). Every close
+the server initiates names the id to resume from.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloudpbx.api.auth import bearer_token, tenant_for_key
+from cloudpbx.api.keepalive import RESUME_EXTENSION, resume_reason
 from cloudpbx.api.responses import json_error
 from cloudpbx.domain.errors import ApiError, BadRequest, Forbidden, NotFound
 from cloudpbx.domain.events import channel_name
@@ -38,6 +41,24 @@ LAST_ID = re.compile(r"[0-9]{1,18}")
 CLOSE_TOO_SLOW = 4008
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TIMEOUT = 2.0
+
+
+class ResumePoint:
+    """The id a client would resume from; the keep-alive reads it when it closes."""
+
+    __slots__ = ("resume_id",)
+
+    def __init__(self, resume_id: int | None) -> None:
+        self.resume_id = resume_id
+
+
+def _resume_point(websocket: WebSocket, sent: int) -> ResumePoint:
+    """The server's per-connection record (see api/keepalive.py), else a local one."""
+    point = websocket.scope.get("extensions", {}).get(RESUME_EXTENSION)
+    if point is None:
+        point = ResumePoint(None)
+    point.resume_id = sent
+    return point  # type: ignore[no-any-return]
 
 
 async def _authorise(websocket: WebSocket, runtime: Runtime, channel: str) -> Tenant:
@@ -90,8 +111,9 @@ async def pbx_events(websocket: WebSocket) -> None:
             # silence the live stream until the ids catch up with it.
             sent = min(last_id, replay.newest)
             headers.append((b"x-resume", b"complete" if replay.complete else b"partial"))
+        point = _resume_point(websocket, sent)
         await websocket.accept(headers=headers)
-        await _stream(websocket, subscription, backlog, sent, settings.ws_ping_timeout)
+        await _stream(websocket, subscription, backlog, point, settings.ws_ping_timeout)
     except WebSocketDisconnect:
         pass
     finally:
@@ -102,7 +124,7 @@ async def _stream(
     websocket: WebSocket,
     subscription: Subscription,
     backlog: list[WireMessage],
-    sent: int,
+    point: ResumePoint,
     close_timeout: float,
 ) -> None:
     """Send the backlog, then live messages, until the client leaves or falls behind.
@@ -114,17 +136,16 @@ async def _stream(
     of a frame, so cancelling the sender never loses or half-sends a message and the id
     in the 4008 reason is exactly the last message the client will receive.
     """
-    state = {"sent": sent}
 
     async def send_all() -> None:
         for message in backlog:
             await websocket.send_text(message.data)
-            state["sent"] = message.id
+            point.resume_id = message.id
         while batch := await subscription.next_batch():
             for message in batch:
-                if message.id > state["sent"]:
+                if message.id > (point.resume_id or 0):
                     await websocket.send_text(message.data)
-                    state["sent"] = message.id
+                    point.resume_id = message.id
 
     async def wait_disconnect() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -146,7 +167,7 @@ async def _stream(
         return  # the client left (or closed); uvicorn has answered its close
     sender_error = sender.exception() if sender in done and not sender.cancelled() else None
     if subscription.overflowed or isinstance(sender_error, SubscriberOverflow):
-        reason = f"too slow; resume with last_event_id={state['sent']}"
+        reason = resume_reason("too slow", point.resume_id)
         log.info("closing a slow WebSocket client: %s", reason)
         # The close frame queues behind what the client has not read yet: give it until
         # the ping timeout to drain (uvicorn waits for the socket before writing).
@@ -155,7 +176,8 @@ async def _stream(
     if sender_error is not None:
         raise sender_error
     # The subscription was closed under us: the server is stopping.
-    await _close(websocket, CLOSE_SERVICE_RESTART, "server restart", CLOSE_TIMEOUT)
+    reason = resume_reason("server restart", point.resume_id)
+    await _close(websocket, CLOSE_SERVICE_RESTART, reason, CLOSE_TIMEOUT)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, patience: float) -> None:

@@ -8,7 +8,8 @@ and sleep.
 
 Resume: ids are strictly increasing per channel, so the last id handed out is all that is
 needed; a reconnect asks for everything after it, and anything at or below it that still
-arrives is dropped. The events of one message share its id.
+arrives is dropped. By default each message holds one event; on a server that bundles
+(`ws_bundle_events`), the events of one message share its id.
 """
 
 from __future__ import annotations
@@ -138,11 +139,13 @@ class StreamCore:
                 raise error from exc
             reason = str(error)
         elif isinstance(exc, ws_errors.ConnectionClosed):
+            # Every close the server initiates (4008 too slow, 1011 keep-alive timeout,
+            # 1012 restart) names the id to resume from.
+            resume_at = _RESUME_AT.search(exc.rcvd.reason) if exc.rcvd is not None else None
+            if self.last_event_id is None and resume_at is not None:
+                # Cut off before the first event: the server names where we stood.
+                self.last_event_id = int(resume_at.group(1))
             if exc.rcvd is not None and exc.rcvd.code == CLOSE_TOO_SLOW:
-                resume_at = _RESUME_AT.search(exc.rcvd.reason)
-                if self.last_event_id is None and resume_at is not None:
-                    # Cut off before the first event: the server names where we stood.
-                    self.last_event_id = int(resume_at.group(1))
                 log.info("the server closed the stream (too slow); resuming at once")
                 return 0.0
             reason = str(exc)

@@ -1,19 +1,25 @@
-"""Numbering, history and fan-out of a PBX's WebSocket messages.
+"""Numbering, history and fan-out of a PBX's WebSocket messages: stored first, then sent.
 
 Ids: per channel, strictly increasing, never reused, also across restarts. They are
 handed out from blocks reserved in the `pbx` row (one small write per block, not per
-event); a crash skips the rest of the block, a clean shutdown gives it back.
+event); the next block is reserved in the background when half of the current one is
+used, so publishing does not wait for the database (nor behind another writer's lock)
+unless half a block goes out while one reservation is stuck. A crash skips the rest of
+the block, a clean shutdown gives it back.
+
+Store before publish: `publish` numbers the messages and queues them; a group commit
+every `flush_interval` (a few ms) writes what is queued, one transaction per PBX, and
+only then appends it to the in-memory history and hands it to the bus, in id order. So
+every message a client ever saw is in the database: a crash loses only messages nobody
+received, and a resume after it is complete. The same order (commit, then publish) holds
+for a bus that spans processes: whoever publishes a message has stored it first.
 
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
-database at first use) for instant resume; every message is also written to the `event`
-table in small batches, off the publishing path, and older rows are pruned. A failing
-write is retried with back-off, one transaction per PBX, and given up after
-`MAX_ATTEMPTS` (the messages stay in memory). close() waits for a write in flight, writes
-what is left and gives unused ids back.
-
-After an unclean stop the ids between the newest stored message and the end of the
-reserved block may have reached clients without being stored: a resume from before that
-point is answered as partial rather than vouched for.
+database at first use, once per channel even when several callers ask at once) for
+instant resume; older rows are pruned. A failing write is retried with back-off, one
+transaction per PBX, and given up after `MAX_ATTEMPTS`: those messages are never
+delivered (their ids are skipped). close() waits for a write in flight, writes what is
+left and gives unused ids back.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -43,14 +50,13 @@ MAX_BACKOFF = 5.0
 @dataclass(slots=True)
 class _Channel:
     tenant: Tenant
+    name: str
     history: deque[WireMessage]
     next_id: int = 0
     reserved_up_to: int = -1
+    spare: asyncio.Task[int] | None = None
+    """The next block's reservation, started when half of the current block is used."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    uncertain_up_to: int = 0
-    """Ids up to this one may have been sent without reaching the database (a process that
-    stopped uncleanly, or writes that were given up): resuming from before it cannot be
-    vouched for, so such a resume is answered as partial."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +73,7 @@ class Replay:
 
 
 class EventHub:
-    """Assigns ids, keeps the history and publishes to the bus."""
+    """Assigns ids, stores, keeps the history and publishes to the bus, in that order."""
 
     def __init__(
         self,
@@ -77,7 +83,8 @@ class EventHub:
         *,
         history_size: int = 10_000,
         id_block: int = 1_000,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.005,
+        bundle: bool = False,
     ) -> None:
         self._tenants = tenants
         self._store = store
@@ -85,7 +92,9 @@ class EventHub:
         self._history_size = history_size
         self._id_block = id_block
         self._flush_interval = flush_interval
+        self._bundle = bundle
         self._channels: dict[int, _Channel] = {}
+        self._loading: dict[int, asyncio.Future[_Channel]] = {}
         self._pending: list[tuple[int, WireMessage]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -98,57 +107,76 @@ class EventHub:
         return self._bus
 
     async def _channel(self, tenant: Tenant) -> _Channel:
+        """The channel, loaded from the database once: concurrent first callers share the
+        one load (two loads would race for the slot and do the work twice)."""
         channel = self._channels.get(tenant.id)
-        if channel is None:
-            history = deque(
-                await self._store.latest(tenant.id, self._history_size),
-                maxlen=self._history_size,
-            )
-            # After a clean stop every id handed out was persisted and the unused ones were
-            # given back, so the reservation ends at the newest stored id. Beyond it, ids
-            # may have gone out to clients and been lost with the process.
-            reserved = await self._store.reserved_up_to(tenant.id)
-            newest = history[-1].id if history else 0
-            uncertain = reserved if reserved > newest else 0
-            if uncertain:
-                log.warning(
-                    "PBX %s: ids %d-%d may have been sent but not stored (unclean stop); "
-                    "resuming from before %d is answered as partial",
-                    tenant.name,
-                    newest + 1,
-                    reserved,
-                    reserved,
+        if channel is not None:
+            return channel
+        loading = self._loading.get(tenant.id)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[tenant.id] = loading
+            try:
+                history = deque(
+                    await self._store.latest(tenant.id, self._history_size),
+                    maxlen=self._history_size,
                 )
-            channel = self._channels.setdefault(
-                tenant.id, _Channel(tenant, history, uncertain_up_to=uncertain)
-            )
-        return channel
+            except BaseException as exc:
+                loading.set_exception(exc)
+                loading.exception()  # retrieved: only the waiters, if any, re-raise it
+                raise
+            finally:
+                del self._loading[tenant.id]
+            channel = _Channel(tenant, channel_name(tenant.name), history)
+            self._channels[tenant.id] = channel
+            loading.set_result(channel)
+            return channel
+        return await asyncio.shield(loading)
+
+    async def _next_id(self, channel: _Channel) -> int:
+        """An id from the current block; reserves the next block ahead of need."""
+        if channel.next_id > channel.reserved_up_to:
+            spare, channel.spare = channel.spare, None
+            first = await (spare or self._reserve(channel))
+            channel.next_id = first
+            channel.reserved_up_to = first + self._id_block - 1
+        message_id = channel.next_id
+        channel.next_id += 1
+        left = channel.reserved_up_to - message_id
+        if channel.spare is None and left < self._id_block // 2 and not self._closing.is_set():
+            channel.spare = asyncio.create_task(self._reserve(channel), name="event-ids")
+        return message_id
+
+    def _reserve(self, channel: _Channel) -> Coroutine[Any, Any, int]:
+        return self._tenants.reserve_event_ids(channel.tenant.id, self._id_block)
+
+    def texts(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """One event per `text` (the default), or bundled when the server is set to."""
+        if self._bundle:
+            return group_into_texts(events)
+        return [{event.event_type: event.payload()} for event in events]
 
     async def publish(self, tenant: Tenant, events: Sequence[Event]) -> list[WireMessage]:
-        """Publish the events of one change as few messages as the contract allows."""
-        texts = group_into_texts(events)
+        """Number the events of one change and queue them; they go out once stored.
+
+        Returns the numbered messages at once: the caller (a PBX backend reading its event
+        stream) never waits for the database; clients get them after the group commit.
+        """
+        texts = self.texts(events)
         if not texts:
             return []
         channel = await self._channel(tenant)
-        name = channel_name(tenant.name)
         messages: list[WireMessage] = []
         try:
             async with channel.lock:
                 for text in texts:
-                    if channel.next_id > channel.reserved_up_to:
-                        first = await self._tenants.reserve_event_ids(tenant.id, self._id_block)
-                        channel.next_id = first
-                        channel.reserved_up_to = first + self._id_block - 1
-                    message_id = channel.next_id
-                    channel.next_id += 1
-                    text_json = {"id": message_id, "channel": name, "text": text}
+                    message_id = await self._next_id(channel)
+                    text_json = {"id": message_id, "channel": channel.name, "text": text}
                     message = WireMessage(message_id, orjson.dumps(text_json).decode())
-                    channel.history.append(message)
                     self._pending.append((tenant.id, message))
                     messages.append(message)
-                    await self._bus.publish(name, message)
         finally:
-            # Also when a reservation failed half-way: what did go out gets persisted.
+            # Also when a reservation failed half-way: what was numbered gets stored and sent.
             if messages:
                 self._schedule_flush()
         return messages
@@ -157,14 +185,13 @@ class EventHub:
         """Every kept message with id > last_id, oldest first."""
         channel = await self._channel(tenant)
         history = channel.history
-        vouched = last_id >= channel.uncertain_up_to
         newest = history[-1].id if history else 0
         if last_id >= newest:
-            return Replay([], vouched, newest)
+            return Replay([], True, newest)
         messages = [m for m in history if m.id > last_id]
         # A history that never filled up was never pruned, whatever gaps its ids have.
         kept = history[0].id <= last_id + 1 or len(history) < self._history_size
-        return Replay(messages, kept and vouched, newest)
+        return Replay(messages, kept, newest)
 
     async def last_id(self, tenant: Tenant) -> int:
         channel = await self._channel(tenant)
@@ -193,11 +220,11 @@ class EventHub:
             delay = self._flush_interval if written else min(max(delay * 2, 0.1), MAX_BACKOFF)
 
     async def flush(self) -> bool:
-        """Write pending messages to the database and prune what fell out of history.
+        """Write pending messages, then publish them, and prune what fell out of history.
 
         Returns False when some writes failed; they stay pending (in order) and are retried
         by the next flush, at most `MAX_ATTEMPTS` times in a row before they are dropped
-        from the persisted history (they stay in the in-memory history regardless).
+        (never delivered: nobody may see a message that is not stored).
         """
         async with self._flush_lock:
             written = await self._write_pending()
@@ -224,14 +251,15 @@ class EventHub:
                 failed.extend(group)
             else:
                 self._flushed_since_prune += len(group)
+                await self._deliver(pbx_id, group)
         if not failed:
             self._failed_attempts = 0
             return True
         self._failed_attempts += 1
         if self._failed_attempts >= MAX_ATTEMPTS:
             log.error(
-                "dropping %d WebSocket messages from the persisted history after %d failed "
-                "attempts (they stay in memory)",
+                "dropping %d WebSocket messages after %d failed attempts to store them "
+                "(never sent: their ids are skipped)",
                 len(failed),
                 self._failed_attempts,
             )
@@ -239,6 +267,13 @@ class EventHub:
         else:
             self._pending[:0] = failed
         return False
+
+    async def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
+        """Stored messages join the history and go to the bus, in id order."""
+        channel = self._channels[pbx_id]
+        for _, message in stored:
+            channel.history.append(message)
+            await self._bus.publish(channel.name, message)
 
     async def _prune_if_due(self) -> None:
         if self._flushed_since_prune < max(1, self._history_size // 10):
@@ -270,9 +305,15 @@ class EventHub:
             pass  # bounded: after MAX_ATTEMPTS failures the rest is dropped
         for channel in list(self._channels.values()):
             async with channel.lock:
-                if channel.reserved_up_to >= channel.next_id:
+                reserved_up_to = channel.reserved_up_to
+                spare, channel.spare = channel.spare, None
+                if spare is not None:
+                    with contextlib.suppress(Exception):  # a failed one reserved nothing
+                        # The spare block is the newest reservation: give it back whole.
+                        reserved_up_to = await spare + self._id_block - 1
+                if reserved_up_to >= channel.next_id:
                     await self._tenants.release_event_ids(
-                        channel.tenant.id, channel.reserved_up_to, channel.next_id - 1
+                        channel.tenant.id, reserved_up_to, channel.next_id - 1
                     )
-                    # Released ids are no longer ours: a late publish reserves anew.
-                    channel.reserved_up_to = channel.next_id - 1
+                # Released ids are no longer ours: a late publish reserves anew.
+                channel.reserved_up_to = channel.next_id - 1
