@@ -36,19 +36,24 @@ async def test_dial_on_the_simulator_runs_a_whole_call(tmp_path: Path) -> None:
         tmp_path, backend="simulator", simulator_rate=0, simulator_speed=20, simulator_seed=1
     )
     async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
+        # From the start of the history: the PBX's state at rest, announced when the
+        # simulator started, then the call.
         ws_url = f"{server.ws_url}/ws/pbx_{tenants.a_name}?pbxkey={tenants.a_key}"
-        async with connect(ws_url) as ws, server.client(tenants.a_key) as client:
+        async with (
+            connect(f"{ws_url}&last_event_id=0") as ws,
+            server.client(tenants.a_key) as client,
+        ):
             dial = await client.get("/dial", params={"cpa": "101", "cpb": "102"})
             assert dial.status_code == 200 and dial.text == "OK"
             assert dial.headers["x-originate-id"]
             messages: list[dict[str, Any]] = []
             async with asyncio.timeout(10):
-                while _states(messages, "MojaCentrala-101")[-1:] != [0] or _states(
+                while _states(messages, "MojaCentrala-101")[-2:] != [1, 0] or _states(
                     messages, "MojaCentrala-102"
-                )[-1:] != [0]:
+                )[-2:] != [1, 0]:
                     messages.append(json.loads(await ws.recv()))
-            assert _states(messages, "MojaCentrala-101") == [8, 32, 1, 0]
-            assert _states(messages, "MojaCentrala-102") == [8, 1, 0]
+            assert _states(messages, "MojaCentrala-101") == [0, 8, 32, 1, 0]
+            assert _states(messages, "MojaCentrala-102") == [0, 8, 1, 0]
             ids = [m["id"] for m in messages]
             assert ids == sorted(set(ids))
 

@@ -48,10 +48,15 @@ ALLOWED = {
 
 
 class MemorySink:
-    """Keeps everything a backend delivers, in order."""
+    """Keeps everything a backend delivers, in order.
+
+    The first events of each PBX are the state it announces when it starts; they are kept
+    apart in `announced`, so that `batches` holds what happened afterwards.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.announced: dict[str, list[Event]] = {}
         self.batches: list[list[Event]] = []
         self.cdr_rows: list[CdrRecord] = []
         self.recordings: list[RecordingInfo] = []
@@ -60,6 +65,9 @@ class MemorySink:
         self.pbxes: list[str] = []
 
     async def events(self, pbx: str, events: Sequence[Event]) -> None:
+        if pbx not in self.announced:
+            self.announced[pbx] = list(events)
+            return
         self.batches.append(list(events))
         self.order.append("events")
         self.pbxes.append(pbx)
@@ -310,6 +318,23 @@ async def test_snapshot_describes_everything(sink: MemorySink) -> None:
         assert [e.peer for e in ringing] == [f"{PBX}-101"]
     finally:
         await backend.stop()
+
+
+async def test_start_announces_the_state_at_rest_first(sink: MemorySink) -> None:
+    """Like the Asterisk backend's resync: clients of a restarted PBX learn it is at rest,
+    before anything else happens on it."""
+    at_rest = SimulatorBackend([PBX, "InnaCentrala"], seed=4, rate=0)
+    backend = SimulatorBackend([PBX, "InnaCentrala"], seed=4, rate=60, speed=300)
+    await backend.start(sink)
+    try:
+        await wait_for(lambda: len(sink.batches) >= 5)
+    finally:
+        await backend.stop()
+    assert sink.announced == {
+        PBX: at_rest.snapshot(PBX),
+        "InnaCentrala": at_rest.snapshot("InnaCentrala"),
+    }
+    assert len([e for e in sink.announced[PBX] if isinstance(e, Subscriber)]) == 10
 
 
 async def test_backfill_fills_the_last_week(sink: MemorySink) -> None:

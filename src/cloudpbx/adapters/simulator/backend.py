@@ -113,7 +113,13 @@ class SimulatorBackend:
         return config is not None and config.extension(number) is not None
 
     async def start(self, sink: PbxSink) -> None:
-        """Start every PBX afresh (state and scenario sequence from the seed)."""
+        """Start every PBX afresh (state and scenario sequence from the seed).
+
+        Each PBX first publishes its whole state at rest, as the Asterisk backend does on
+        connect: a (re)started simulator begins with every phone idle, whatever its
+        clients last saw (calls in progress vanished with the old process), so a client
+        that resumes, or a panel replaying the history, ends where the PBX really is.
+        """
         if self._runs:
             raise RuntimeError("the simulator is already running")
         for pbx, config in self._configs.items():
@@ -130,6 +136,7 @@ class SimulatorBackend:
             recorder = Recorder(random.Random(self._stream(pbx, "media")), self._recording_seconds)
             self._runs[pbx] = _LiveRun(pbx, sim, sink, recorder, self._speed)
         for run in self._runs.values():
+            run.sim.emit(run.sim.state.snapshot())  # delivered first, like any change
             run.start()
 
     async def stop(self) -> None:
