@@ -37,6 +37,7 @@ from cloudpbx.lab.proc import (
     wait_reaped,
 )
 from cloudpbx.lab.settings import (
+    MOH_DIR,
     PHONES,
     RECORDINGS_DIR,
     SPEECH,
@@ -464,6 +465,7 @@ class Lab:
             for name, text in templates.phone_files(self.settings, ext).items():
                 (folder / name).write_text(text)
         self._synthesize_speech()
+        self._synthesize_music()
 
     def _synthesize_speech(self) -> None:
         """`<ext>.wav` for each phone: its sentence, 8 kHz mono 16-bit, looped to 300 s."""
@@ -484,6 +486,19 @@ class Lab:
             if done.returncode != 0 or not wav.exists():
                 raise LabError(f"speech synthesis for {ext} failed:\n{done.stdout}")
             stamp.write_text(want)
+
+    def _synthesize_music(self) -> None:
+        """The `default` music-on-hold class: 20 s of a slow two-tone chime, 8 kHz wav."""
+        wav = self._host(f"{MOH_DIR}/chime.wav")
+        if wav.exists():
+            return
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", f"{MOH_DIR}/chime.wav"]
+        argv += ["synth", "1", "sine", "523", "sine", "659", "fade", "0.05", "1", "0.4"]
+        argv += ["vol", "0.3", "repeat", "19"]
+        done = run_in_chroot(self.root, argv, timeout=60)
+        if done.returncode != 0 or not wav.exists():
+            raise LabError(f"music on hold synthesis failed:\n{done.stdout}")
 
     def _start_asterisk(self, timeout: float) -> None:
         t = time.monotonic()
