@@ -14,6 +14,8 @@ from rich.table import Table
 
 from cloudpbx.lab import AmiError, Lab, LabError, PhoneError
 from cloudpbx.lab.phone import strip_ansi
+from cloudpbx.lab.record import SCENARIOS
+from cloudpbx.lab.record import record as record_scenario
 from cloudpbx.lab.settings import (
     AUTO_ANSWER,
     CONFERENCE,
@@ -248,6 +250,29 @@ def call(
     wav = lab.recordings_dir / f"{cdr.get('UniqueID', '')}.wav"
     if wav.exists():
         console.print(f"recording  {wav} ({wav.stat().st_size} bytes)")
+
+
+@app.command()
+def record(
+    scenarios: Annotated[
+        list[str], typer.Argument(help=f"Scenarios: {', '.join(SCENARIOS)}", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the transcript files")] = Path("."),
+    root: RootOption = None,
+) -> None:
+    """Record AMI transcripts of scenarios (`<name>.txt`, `.sent.txt`, `.jsonl`, `.cdr.csv`)."""
+    lab = Lab(root, log=_log)
+    unknown = [name for name in scenarios if name not in SCENARIOS]
+    if unknown:
+        raise _fail(ValueError(f"no scenario {', '.join(unknown)} (see --help)"))
+    if not lab.is_up():
+        raise _fail(LabError("the lab is not up: `cloudpbx lab up` first"))
+    for name in scenarios:
+        try:
+            notes = record_scenario(lab, name, out)
+        except (LabError, AmiError, PhoneError) as exc:
+            raise _fail(exc) from None
+        console.print(f"{name}: {out / name}.txt  " + "; ".join(notes))
 
 
 def _addr(address: tuple[str, int]) -> str:
