@@ -22,6 +22,16 @@ SCENARIOS = (
     "conference",
     "failed",
 )
+LAB_SCENARIOS = (
+    "hold_holder",
+    "hold_held",
+    "busy",
+    "register_lost",
+)
+"""Recorded later with `cloudpbx lab record` (same format; uniqueids start 17964...): hold
+from either side, a busy callee, a registration lost without un-REGISTER. The translator's
+hand-written expectations cover `SCENARIOS`; the generic checks run on both."""
+ALL_SCENARIOS = SCENARIOS + LAB_SCENARIOS
 
 
 def received(scenario: str) -> bytes:
