@@ -7,6 +7,9 @@ the session (~1-3 s). Nothing here is skipped.
 from __future__ import annotations
 
 import array
+import json
+import os
+import signal
 import time
 import wave
 from collections.abc import Callable
@@ -177,6 +180,36 @@ def test_stop_and_start_phone(lab: Lab) -> None:
         ami.wait_event(extension_status(103, 0), 10)
         assert lab.phone_pid(103) is not None
     assert lab.is_up()
+
+
+def test_a_crashed_phone_is_restarted_and_reported(lab: Lab) -> None:
+    before = lab.phone_pid(103)
+    assert before is not None
+    restarts = len(lab.phone_restarts(103))
+    os.kill(before, signal.SIGSEGV)  # what baresip 1.1.0's aufile player race did
+    deadline = time.monotonic() + 30
+    while lab.phone_pid(103) in (None, before):
+        assert time.monotonic() < deadline, "phone 103 was not restarted"
+        time.sleep(0.1)
+    assert lab.phone_restarts(103)[restarts:][0].endswith(" 139")  # 128 + SIGSEGV
+    assert len(lab.phone_restarts(103)) == restarts + 1
+    assert "baresip exited with status 139; restarting it" in lab.phone_log(103).read_text()
+    while not lab.phone(103).registered():  # the new process registers on its own
+        assert time.monotonic() < deadline, "phone 103 did not register again"
+        time.sleep(0.2)
+    assert lab.is_up()
+    result = runner.invoke(app, ["status", "--json", "--root", str(lab.root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["phone_restarts"]["103"] == restarts + 1
+    # It takes calls again.
+    caller = lab.phone(101)
+    callee = lab.phone(103)
+    caller.drain()
+    callee.drain()
+    assert caller.dial(103)["ok"] is True
+    callee.wait_event("CALL_ESTABLISHED", 15)
+    caller.hangup()
+    callee.wait_event("CALL_CLOSED", 15)
 
 
 def test_restart_asterisk(lab: Lab) -> None:

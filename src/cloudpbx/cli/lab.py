@@ -148,6 +148,7 @@ def status(
             "up": st.up,
             "asterisk_pid": st.asterisk_pid,
             "phone_pids": {str(k): v for k, v in st.phone_pids.items()},
+            "phone_restarts": {str(k): v for k, v in st.phone_restarts.items()},
             "ami": f"{st.ami_address[0]}:{st.ami_address[1]}",
             "ami_ok": st.ami_ok,
             "sip": f"{st.sip_address[0]}:{st.sip_address[1]}",
@@ -182,6 +183,13 @@ def status(
                 _role(ext),
             )
         console.print(table)
+        restarted = [f"{ext}: {n}" for ext, n in st.phone_restarts.items() if n]
+        console.print(
+            "restarts   "
+            + (", ".join(restarted) + " (crashed phones the lab started again; see their logs)")
+            if restarted
+            else "restarts   none (no phone crashed since `up`)"
+        )
         console.print(
             f"also       {QUEUE_EXTEN} queue {QUEUE}, {CONFERENCE_EXTEN} ConfBridge {CONFERENCE}, "
             f"{ECHO_EXTEN} echo"

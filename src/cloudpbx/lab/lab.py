@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -27,9 +28,12 @@ from cloudpbx.lab.build import (
 from cloudpbx.lab.errors import LabError
 from cloudpbx.lab.phone import Phone
 from cloudpbx.lab.proc import (
+    Supervision,
+    alive,
     chrooted_in,
     kill_all,
     lab_process,
+    proc_info,
     read_pid,
     run_in_chroot,
     spawn_in_chroot,
@@ -52,6 +56,8 @@ from cloudpbx.lab.settings import (
 
 Log = Callable[[str], None]
 
+SUPERVISOR = os.path.basename(os.path.realpath("/bin/sh"))
+"""The program a phone's supervisor runs as (`/bin/sh`: dash on Debian)."""
 ASTERISK_BIN = "/usr/sbin/asterisk"
 BARESIP_BIN = "/usr/bin/baresip"
 ASTERISK_DIRS = (
@@ -78,6 +84,8 @@ class LabStatus:
     phone_pids: dict[int, int | None]
     ami_address: tuple[str, int]
     ami_ok: bool
+    phone_restarts: dict[int, int] = field(default_factory=dict)
+    """How often the lab restarted each phone since `up` (a crash, a stray signal)."""
     extension_states: dict[int, str] = field(default_factory=dict)
     """Exten -> `Status StatusText` (e.g. `0 Idle`), when AMI answered."""
     recordings_dir: Path = Path()
@@ -131,6 +139,8 @@ class Lab:
         self.timings: dict[str, float] = {}
         """Seconds taken by the last build / up / down steps, by name."""
         self._phones: dict[int, Phone] = {}
+        self._phone_owner: dict[int, int | None] = {}
+        """The baresip pid each kept `Phone` was connected to."""
         self._lock_depth = 0
         self._lock_file: int | None = None
 
@@ -178,6 +188,9 @@ class Lab:
     def _pidfile(self, name: str) -> Path:
         return self.state_dir / "run" / f"{name}.pid"
 
+    def _restarts_file(self, ext: int) -> Path:
+        return self.state_dir / "run" / f"phone-{ext}.restarts"
+
     # -- state -----------------------------------------------------------------------------
 
     def asterisk_pid(self) -> int | None:
@@ -185,15 +198,42 @@ class Lab:
         return pid if lab_process(pid, "asterisk") else None
 
     def phone_pid(self, ext: int) -> int | None:
+        """The phone's baresip, while it runs (None between a crash and its restart)."""
+        leader = self.supervisor_pid(ext)
         pid = read_pid(self._pidfile(f"phone-{ext}"))
-        return pid if lab_process(pid, "baresip") else None
+        return pid if leader is not None and lab_process(pid, "baresip", session=leader) else None
+
+    def supervisor_pid(self, ext: int) -> int | None:
+        """The shell that runs a phone and restarts it when it dies (its session leader)."""
+        pid = read_pid(self._pidfile(f"phone-{ext}.supervisor"))
+        return pid if lab_process(pid, SUPERVISOR) else None
+
+    def phone_restarts(self, ext: int) -> list[str]:
+        """One `<UTC time> <exit status>` per restart of the phone since the lab came up
+        (status 139: killed by SIGSEGV, 137: SIGKILL sent by someone else than the lab)."""
+        try:
+            return self._restarts_file(ext).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_phone(self, ext: int, *, timeout: float = 30.0) -> int:
+        """Until the phone's baresip runs (again, after a restart); its pid."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.phone_pid(ext)) is None:
+            if self.supervisor_pid(ext) is None:
+                raise LabError(f"phone {ext} is not running: see {self.phone_log(ext)}")
+            if time.monotonic() >= deadline:
+                raise LabError(f"phone {ext} did not come back within {timeout:.0f} s")
+            time.sleep(0.05)
+        return pid
 
     def is_built(self) -> bool:
         return is_built(self.root)
 
     def is_up(self) -> bool:
-        """Asterisk and the four phones run (registration is checked by `up`, not here)."""
-        return self.asterisk_pid() is not None and all(self.phone_pid(e) for e in PHONES)
+        """Asterisk and the four phones' supervisors run (a phone being restarted counts;
+        registration is checked by `up`, not here)."""
+        return self.asterisk_pid() is not None and all(self.supervisor_pid(e) for e in PHONES)
 
     def status(self) -> LabStatus:
         asterisk = self.asterisk_pid()
@@ -213,6 +253,7 @@ class Lab:
             built=self.is_built(),
             asterisk_pid=asterisk,
             phone_pids={ext: self.phone_pid(ext) for ext in PHONES},
+            phone_restarts={ext: len(self.phone_restarts(ext)) for ext in PHONES},
             ami_address=self.ami_address,
             ami_ok=ami_ok,
             extension_states=states,
@@ -254,8 +295,10 @@ class Lab:
                 self._write_config()
                 self.timings["config"] = time.monotonic() - t
                 self._start_asterisk(timeout)
+                for ext in PHONES:
+                    self._restarts_file(ext).unlink(missing_ok=True)
             t = time.monotonic()
-            missing = [ext for ext in PHONES if self.phone_pid(ext) is None]
+            missing = [ext for ext in PHONES if self.supervisor_pid(ext) is None]
             for ext in missing:
                 self._spawn_phone(ext)
             self.wait_registered(PHONES, timeout=timeout)
@@ -275,11 +318,7 @@ class Lab:
             self.close()
             stopped: list[int] = []
             for ext in PHONES:
-                pid = self.phone_pid(ext)
-                if pid is not None:
-                    stop(pid, timeout=10.0)
-                    stopped.append(pid)
-                self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+                stopped += self._stop_phone(ext, signal.SIGTERM)
             pid = self.asterisk_pid()
             if pid is not None:
                 stop(pid, timeout=20.0)
@@ -308,7 +347,7 @@ class Lab:
             if pid is not None:
                 stop(pid, timeout=20.0)
             self._start_asterisk(timeout)
-            running = [ext for ext in PHONES if self.phone_pid(ext) is not None]
+            running = [ext for ext in PHONES if self.supervisor_pid(ext) is not None]
             # Contacts come back from astdb; qualify them now rather than within 15 s.
             with self.ami(events=False) as ami:
                 for ext in running:
@@ -325,8 +364,13 @@ class Lab:
         """
         if ext not in PHONES:
             raise ValueError(f"no phone runs for {ext} (phones: {PHONES})")
+        pid = self.phone_pid(ext)
+        if ext in self._phones and self._phone_owner.get(ext) != pid:
+            # The phone was restarted since: that connection went with the old process.
+            self._phones.pop(ext).close()
         if ext not in self._phones:
             self._phones[ext] = Phone(ext, self.settings.host, phone_ctrl_port(ext))
+            self._phone_owner[ext] = pid
         phone = self._phones[ext]
         phone.connect()
         return phone
@@ -334,20 +378,43 @@ class Lab:
     def stop_phone(self, ext: int) -> None:
         """Stop a phone cleanly (it un-REGISTERs: ExtensionStatus 4 Unavailable)."""
         with self._locked():
-            phone = self._phones.pop(ext, None)
-            if phone is not None:
-                phone.close()
-            pid = self.phone_pid(ext)
+            self._stop_phone(ext, signal.SIGTERM)
+
+    def kill_phone(self, ext: int) -> None:
+        """SIGKILL a phone and its supervisor: no un-REGISTER and no restart, so Asterisk
+        notices only by qualify (~17 s). `start_phone` brings it back."""
+        with self._locked():
+            self._stop_phone(ext, signal.SIGKILL)
+
+    def _stop_phone(self, ext: int, sig: int) -> list[int]:
+        """Stop the phone's session (supervisor and baresip); the pids that were stopped."""
+        phone = self._phones.pop(ext, None)
+        if phone is not None:
+            phone.close()
+        stopped = []
+        for pid in (self.supervisor_pid(ext), self._stray_phone(ext)):
             if pid is not None:
-                stop(pid, timeout=10.0)
-            self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+                stop(pid, timeout=10.0, sig=sig)
+                stopped.append(pid)
+        self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+        self._pidfile(f"phone-{ext}.supervisor").unlink(missing_ok=True)
+        return stopped
+
+    def _stray_phone(self, ext: int) -> int | None:
+        """A baresip named by the pid file but not under a supervisor (a lab started by an
+        older cloudpbx, or a supervisor killed by hand)."""
+        pid = read_pid(self._pidfile(f"phone-{ext}"))
+        if pid is None or self.supervisor_pid(ext) is not None or not alive(pid):
+            return None
+        return pid if lab_process(pid, "baresip", session=_session(pid)) else None
 
     def start_phone(self, ext: int, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start a phone (if not running); with `wait`, until Asterisk shows it registered."""
         if ext not in PHONES:
             raise ValueError(f"no phone for {ext} (phones: {PHONES})")
         with self._locked():
-            if self.phone_pid(ext) is None:
+            if self.supervisor_pid(ext) is None:
+                self._stop_phone(ext, signal.SIGTERM)
                 self._spawn_phone(ext)
             if wait:
                 self.wait_registered([ext], timeout=timeout)
@@ -371,7 +438,7 @@ class Lab:
                         f"(see {self.phone_log(int(wanted[0]))})"
                     )
                 for ext in wanted:
-                    if self.phone_pid(int(ext)) is None:
+                    if self.supervisor_pid(int(ext)) is None:
                         raise LabError(f"phone {ext} exited: see {self.phone_log(int(ext))}")
                 time.sleep(0.05)
 
@@ -535,8 +602,11 @@ class Lab:
             pidfile=self._pidfile(f"phone-{ext}"),
             logfile=self.phone_log(ext),
             resolv_conf=self.state_dir / "resolv.conf",
+            supervise=Supervision(
+                self._pidfile(f"phone-{ext}.supervisor"), self._restarts_file(ext)
+            ),
         )
-        self.log(f"phone {ext} started (pid {pid})")
+        self.log(f"phone {ext} started (pid {pid}, restarted by the lab if it dies)")
 
     def _save_state(self) -> None:
         s = self.settings
@@ -549,6 +619,11 @@ class Lab:
         path = self.state_dir / "state.json"
         path.write_text(json.dumps(state, indent=2) + "\n")
         path.chmod(0o600)
+
+
+def _session(pid: int) -> int:
+    info = proc_info(pid)
+    return info.session if info is not None else -1
 
 
 def _chown_root(path: Path) -> None:
