@@ -121,6 +121,13 @@ class Api:
         raise AssertionError(f"no such CDR within {seconds} s: {await self.cdr()}")
 
 
+def idle_or_unseen(a: Api, ext: int) -> bool:
+    """Idle, or never shown: a call attempt that rings, is answered and ends within a few
+    milliseconds (a /dial to a busy or unregistered number) may fall into one AMI read,
+    and a change that is over within one read is not published."""
+    return a.states(ext)[-1:] in ([], [0])
+
+
 async def _collect(ws: ClientConnection, into: list[dict[str, Any]]) -> None:
     with contextlib.suppress(Exception):
         async for raw in ws:
@@ -336,13 +343,13 @@ async def test_busy_no_answer_unregistered_and_unknown(lab: Lab, tmp_path: Path)
         (busy,) = await a.cdr_where(lambda r: r["dst"] == "102" and r["disposition"] == "BUSY")
         assert busy["src"] == "101" and busy["lastapp"] == "Dial"
         await phone(lab, 102, "hangup")
-        await a.wait(lambda: a.states(101)[-1:] == [0] and a.states(102)[-1:] == [0])
+        await a.wait(lambda: idle_or_unseen(a, 101) and a.states(102)[-1:] == [0])
 
         # Unregistered target: 101 answers, the Dial to 105 fails at once.
         assert (await a.dial("101", "105")).text == "OK"
         (unreg,) = await a.cdr_where(lambda r: r["dst"] == "105")
         assert (unreg["disposition"], unreg["billsec"], unreg["dstchannel"]) == ("ANSWERED", 0, "")
-        await a.wait(lambda: a.states(101)[-1:] == [0])
+        await a.wait(lambda: idle_or_unseen(a, 101))
 
         # No answer: 104 rings for the originate timeout (4 s) and never answers.
         assert (await a.dial("104", "101")).text == "OK"
