@@ -591,3 +591,18 @@ async def test_busy_callee_never_shows_the_caller(lab: Lab, tmp_path: Path) -> N
         await phone(lab, 102, "hangup")
         await a.wait(lambda: a.states(102)[-1:] == [0] and last_extstatus(a, 102) == 0)
         assert_nothing_invented(a, watch, 101, 102)
+
+
+async def test_lost_registration_shows_when_asterisk_notices(lab: Lab, tmp_path: Path) -> None:
+    """Phone 103 vanishes (SIGKILL: no un-REGISTER): the API shows it Unavailable when
+    Asterisk's qualify does (~17 s), not before, and Idle once it registers again."""
+    async with clean(lab), api(lab, tmp_path / "data", Tenants()) as a, watching(lab) as watch:
+        try:
+            await asyncio.to_thread(lab.kill_phone, 103)
+            await a.wait(lambda: watch.seen("ExtensionStatus", Exten="103", Status="4"), 45)
+            await a.wait(lambda: a.states(103)[-1:] == [4] and last_extstatus(a, 103) == 4)
+        finally:
+            await asyncio.to_thread(lab.start_phone, 103)
+        await a.wait(lambda: a.states(103)[-1:] == [0] and last_extstatus(a, 103) == 0)
+        assert a.states(103) == [4, 0]  # nothing before qualify noticed, nothing in between
+        assert_nothing_invented(a, watch, 103)

@@ -256,3 +256,23 @@ def test_cli_status_down_up(lab: Lab) -> None:
     result = runner.invoke(app, ["phone", "101", "reginfo", *root])
     assert result.exit_code == 0, result.output
     assert "MojaCentrala-101" in result.output
+
+
+def test_record_a_transcript(lab: Lab, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["record", "busy", "--out", str(tmp_path), "--root", str(lab.root)])
+    assert result.exit_code == 0, result.output
+    assert "102: 2 Busy" in result.output  # ExtensionState asked while 102 talks to 700
+    received = (tmp_path / "busy.txt").read_bytes()
+    sent = (tmp_path / "busy.sent.txt").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "busy.jsonl").read_text().splitlines()]
+    assert "".join(r["raw"] for r in rows if r["dir"] == "in").encode() == received
+    assert "".join(r["raw"] for r in rows if r["dir"] == "out").encode() == sent
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
+    assert received.startswith(b"Asterisk Call Manager/") and b"\r\n\r\n" in received
+    assert b"DialStatus: BUSY\r\n" in received and b"Response: Goodbye\r\n" in received
+    assert sent.startswith(b"Action: Login\r\nActionID: busy-1\r\n")
+    assert b"Action: Originate\r\n" in sent and b"Variable: CDR(userfield)=MojaCentrala\r\n" in sent
+    cdr = (tmp_path / "busy.cdr.csv").read_text()
+    assert '"BUSY"' in cdr and '"Echo"' in cdr
+    result = runner.invoke(app, ["record", "nope", "--out", str(tmp_path), "--root", str(lab.root)])
+    assert result.exit_code == 1 and "no scenario nope" in result.output

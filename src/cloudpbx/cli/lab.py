@@ -275,12 +275,14 @@ def record(
         raise _fail(ValueError(f"no scenario {', '.join(unknown)} (see --help)"))
     if not lab.is_up():
         raise _fail(LabError("the lab is not up: `cloudpbx lab up` first"))
-    for name in scenarios:
-        try:
+    try:
+        for name in scenarios:
             notes = record_scenario(lab, name, out)
-        except (LabError, AmiError, PhoneError) as exc:
-            raise _fail(exc) from None
-        console.print(f"{name}: {out / name}.txt  " + "; ".join(notes))
+            console.print(f"{name}: {out / name}.txt  " + "; ".join(notes))
+    except (LabError, AmiError, PhoneError) as exc:
+        raise _fail(exc) from None
+    finally:
+        lab.close()
 
 
 def _addr(address: tuple[str, int]) -> str:
