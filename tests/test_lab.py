@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import re
 import signal
 import time
 import wave
@@ -275,3 +276,55 @@ def test_record_a_transcript(lab: Lab, tmp_path: Path) -> None:
     assert '"BUSY"' in cdr and '"Echo"' in cdr
     result = runner.invoke(app, ["record", "nope", "--out", str(tmp_path), "--root", str(lab.root)])
     assert result.exit_code == 1 and "no scenario nope" in result.output
+
+
+def reinvite_directions(log: Path, offset: int) -> list[str]:
+    """The SDP directions of the in-dialog re-INVITEs phone 101 sent, from what pjsip's
+    logger wrote into Asterisk's log after `offset` (they are addressed to Asterisk's
+    contact, `INVITE sip:127.0.0.1:5160`, not to a number)."""
+    with log.open("rb") as file:
+        file.seek(offset)
+        text = file.read().decode(errors="replace")
+    found = []
+    for record in text.split("<--- Received SIP request")[1:]:
+        request = re.split(r"\n\[\d{4}-", record)[0]  # up to the next log record
+        lines = request.split("\n", 2)
+        if len(lines) == 3 and re.match(r"INVITE sip:127\.0\.0\.1:\d+ ", lines[1]):
+            assert "MojaCentrala-101" in lines[2]
+            found += re.findall(r"^a=(sendonly|sendrecv|recvonly|inactive)", lines[2], re.M)
+    return found
+
+
+def test_hold_is_a_reinvite_with_sendonly_and_plays_music(lab: Lab) -> None:
+    """Hold is real SIP: baresip re-INVITEs with a=sendonly, Asterisk raises Hold on the
+    holder's channel and plays the `default` music-on-hold class to the other party."""
+    log = lab.asterisk_log
+    offset = log.stat().st_size
+    caller, callee = lab.phone(101), lab.phone(102)
+    caller.drain()
+    callee.drain()
+    with lab.ami(events="call") as ami:
+        ami.action("Command", Command="pjsip set logger on")
+        try:
+            caller.dial(102)
+            caller.wait_event("CALL_ESTABLISHED", 15)
+            callee.wait_event("CALL_ESTABLISHED", 15)
+            assert caller.hold()["ok"] is True
+            held = ami.wait_event("Hold", 10)
+            music = ami.wait_event("MusicOnHoldStart", 10)
+            caller.resume()  # baresip 1.1.0 may answer ok=false: it resumes anyway
+            ami.wait_event("Unhold", 10)
+        finally:
+            ami.action("Command", Command="pjsip set logger off")
+            caller.hangup()
+            callee.wait_event("CALL_CLOSED", 10)
+    assert held["Channel"].startswith("PJSIP/MojaCentrala-101-")
+    assert music["Channel"].startswith("PJSIP/MojaCentrala-102-")
+    assert music["Class"] == "default"
+    # Asterisk's logger writes from its own thread: wait for both re-INVITEs to be there.
+    deadline = time.monotonic() + 10
+    while len(directions := reinvite_directions(log, offset)) < 2:
+        assert time.monotonic() < deadline, directions
+        time.sleep(0.1)
+    assert directions == ["sendonly", "sendrecv"]
+    assert lab.phone_restarts(101) == lab.phone_restarts(102) == []
