@@ -18,7 +18,7 @@ import pytest
 
 from cloudpbx.lab import PHONES, Lab, LabError
 from cloudpbx.lab.build import mounts_under
-from cloudpbx.lab.proc import alive, all_pids, chrooted_in
+from cloudpbx.lab.proc import alive, all_pids, chrooted_in, supervisors_of
 
 LAB_PROGRAMS = ("asterisk", "baresip")
 SESSION_WAIT_S = 900
@@ -26,9 +26,10 @@ SESSION_WAIT_S = 900
 
 
 def lab_programs_running(root: Path) -> list[str]:
-    """Live processes of the lab: anything chrooted in `root`, and any asterisk/baresip
-    started from it. Empty once the lab is down."""
+    """Live processes of the lab: anything chrooted in `root`, the phones' supervisors, and
+    any asterisk/baresip started from it. Empty once the lab is down."""
     found = [f"{pid} (chrooted)" for pid in chrooted_in(root)]
+    found += [f"{pid} (supervisor)" for pid in supervisors_of(root)]
     prefix = os.path.realpath(root) + "/"
     for pid in all_pids():
         try:

@@ -38,6 +38,7 @@ from cloudpbx.lab.proc import (
     run_in_chroot,
     spawn_in_chroot,
     stop,
+    supervisors_of,
     wait_reaped,
 )
 from cloudpbx.lab.settings import (
@@ -286,7 +287,7 @@ class Lab:
             if self.is_up():
                 return False
             if self.asterisk_pid() is None:
-                leftovers = chrooted_in(self.root)
+                leftovers = supervisors_of(self.root) + chrooted_in(self.root)
                 if leftovers:
                     self.log(f"stopping left-over lab processes {leftovers}")
                     kill_all(leftovers)
@@ -300,6 +301,7 @@ class Lab:
             t = time.monotonic()
             missing = [ext for ext in PHONES if self.supervisor_pid(ext) is None]
             for ext in missing:
+                self._stop_phone(ext, signal.SIGTERM)  # one not supervised (older cloudpbx)
                 self._spawn_phone(ext)
             self.wait_registered(PHONES, timeout=timeout)
             self.timings["phones"] = time.monotonic() - t
@@ -324,7 +326,7 @@ class Lab:
                 stop(pid, timeout=20.0)
                 stopped.append(pid)
             self._pidfile("asterisk").unlink(missing_ok=True)
-            leftovers = chrooted_in(self.root)
+            leftovers = supervisors_of(self.root) + chrooted_in(self.root)
             if leftovers:
                 self.log(f"stopping left-over lab processes {leftovers}")
                 kill_all(leftovers)

@@ -288,6 +288,21 @@ def chrooted_in(root: Path) -> list[int]:
     return found
 
 
+def supervisors_of(root: Path) -> list[int]:
+    """Live supervising shells of programs in `root` (not chrooted themselves, so
+    `chrooted_in` misses them): found by the `chroot ROOT` line of their script."""
+    marker = f"chroot {_quote(os.path.realpath(root))} ".encode()
+    found = []
+    for pid in all_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"/bin/sh\0-c\0") and marker in cmdline and alive(pid):
+            found.append(pid)
+    return found
+
+
 def stop(pid: int, *, timeout: float = 10.0, sig: int = signal.SIGTERM) -> bool:
     """SIGTERM a lab program (and its session), SIGKILL what is left after `timeout`.
 
