@@ -29,7 +29,6 @@ from cloudpbx.lab.errors import LabError
 from cloudpbx.lab.phone import Phone
 from cloudpbx.lab.proc import (
     Supervision,
-    alive,
     chrooted_in,
     kill_all,
     lab_process,
@@ -217,17 +216,6 @@ class Lab:
         except FileNotFoundError:
             return []
 
-    def wait_phone(self, ext: int, *, timeout: float = 30.0) -> int:
-        """Until the phone's baresip runs (again, after a restart); its pid."""
-        deadline = time.monotonic() + timeout
-        while (pid := self.phone_pid(ext)) is None:
-            if self.supervisor_pid(ext) is None:
-                raise LabError(f"phone {ext} is not running: see {self.phone_log(ext)}")
-            if time.monotonic() >= deadline:
-                raise LabError(f"phone {ext} did not come back within {timeout:.0f} s")
-            time.sleep(0.05)
-        return pid
-
     def is_built(self) -> bool:
         return is_built(self.root)
 
@@ -406,9 +394,10 @@ class Lab:
         """A baresip named by the pid file but not under a supervisor (a lab started by an
         older cloudpbx, or a supervisor killed by hand)."""
         pid = read_pid(self._pidfile(f"phone-{ext}"))
-        if pid is None or self.supervisor_pid(ext) is not None or not alive(pid):
+        info = proc_info(pid) if pid is not None else None
+        if info is None or self.supervisor_pid(ext) is not None:
             return None
-        return pid if lab_process(pid, "baresip", session=_session(pid)) else None
+        return pid if lab_process(pid, "baresip", session=info.session) else None
 
     def start_phone(self, ext: int, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start a phone (if not running); with `wait`, until Asterisk shows it registered."""
@@ -621,11 +610,6 @@ class Lab:
         path = self.state_dir / "state.json"
         path.write_text(json.dumps(state, indent=2) + "\n")
         path.chmod(0o600)
-
-
-def _session(pid: int) -> int:
-    info = proc_info(pid)
-    return info.session if info is not None else -1
 
 
 def _chown_root(path: Path) -> None:
