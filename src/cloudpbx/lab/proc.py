@@ -37,6 +37,13 @@ CHROOT_ENV: Mapping[str, str] = {
 
 def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> str:
     """The `sh -c` body: mounts inside the new namespace, then `exec chroot ROOT "$@"`."""
+    lines = _mount_lines(root, resolv_conf, pidfile)
+    lines.append(f'exec chroot {_quote(str(root))} "$@"')
+    return "\n".join(lines)
+
+
+def _mount_lines(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> list[str]:
+    """Write the shell's pid (the session leader's), mount /proc, /dev, resolv.conf."""
     r = _quote(str(root))
     lines = ["set -e"]
     if pidfile is not None:
@@ -47,8 +54,7 @@ def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None
     ]
     if resolv_conf is not None:
         lines.append(f"mount --bind {_quote(str(resolv_conf))} {r}/etc/resolv.conf")
-    lines.append(f'exec chroot {r} "$@"')
-    return "\n".join(lines)
+    return lines
 
 
 def _supervisor_script(
@@ -62,7 +68,7 @@ def _supervisor_script(
     SIGTERM to the supervisor (or to the session) stops both for good; SIGKILL to the
     session kills both without a restart (a phone that vanishes without a word).
     """
-    mounts = _namespace_script(root, resolv_conf, leader_pidfile).splitlines()[:-1]
+    mounts = _mount_lines(root, resolv_conf, leader_pidfile)
     r, pid, log = _quote(str(root)), _quote(str(pidfile)), _quote(str(restarts))
     return "\n".join(
         [
