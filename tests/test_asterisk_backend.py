@@ -269,6 +269,78 @@ async def test_a_call_in_progress_at_reconnect_keeps_its_party(
         await running.backend.stop()
 
 
+async def test_a_held_call_stays_held_across_a_reconnect(fake: FakeAmi, tmp_path: Path) -> None:
+    """101 puts 102 on hold (live); the connection drops; the listings say the same, so
+    nothing is published: 102 stays 16 (DeviceStateList carries ONHOLD), 101 stays 1."""
+
+    def snapshot(ext: str, counter: str, other: str) -> list[tuple[str, str]]:
+        return [
+            ("Privilege", "call,all"),
+            ("Channel", f"PJSIP/MojaCentrala-{ext}-{counter}"),
+            ("ChannelState", "6"),
+            ("ChannelStateDesc", "Up"),
+            ("ConnectedLineNum", other),
+            ("ConnectedLineName", f"MojaCentrala {other}"),
+            ("Exten", "102"),
+            ("Uniqueid", f"1795839000.{counter}"),
+        ]
+
+    def state(ext: str, text: str, status: int) -> list[AmiMessage]:
+        return [
+            AmiMessage(
+                [
+                    ("Event", "DeviceStateChange"),
+                    ("Privilege", "call,all"),
+                    ("Device", f"PJSIP/MojaCentrala-{ext}"),
+                    ("State", text),
+                ]
+            ),
+            AmiMessage(
+                [
+                    ("Event", "ExtensionStatus"),
+                    ("Privilege", "call,all"),
+                    ("Exten", ext),
+                    ("Context", "MojaCentrala"),
+                    ("Hint", f"PJSIP/MojaCentrala-{ext}"),
+                    ("Status", str(status)),
+                ]
+            ),
+        ]
+
+    a, b = snapshot("101", "00000050", "102"), snapshot("102", "00000051", "101")
+    running = await run(config(server(fake.port)), tmp_path)
+    try:
+        running.sink.clear()
+        await fake.emit(
+            [
+                AmiMessage([("Event", "Newchannel"), *a]),
+                AmiMessage([("Event", "Newchannel"), *b]),
+                *state("101", "INUSE", 1),
+                *state("102", "INUSE", 1),
+                AmiMessage([("Event", "BridgeEnter"), ("BridgeUniqueid", "b1"), *a]),
+                AmiMessage([("Event", "BridgeEnter"), ("BridgeUniqueid", "b1"), *b]),
+            ]
+        )
+        await until(lambda: running.sink.states("MojaCentrala-102")[-1:] == [1])
+        await fake.emit([AmiMessage([("Event", "Hold"), ("MusicClass", "default"), *a])])
+        await fake.emit(state("102", "ONHOLD", 16))
+        await until(lambda: running.sink.states("MojaCentrala-102")[-1:] == [16])
+        assert running.sink.states("MojaCentrala-101") == [1]
+        assert ("extstatus", {"exten": "102", "status": 16}) in running.sink.items()
+        # The listings after a reconnect: both channels, 102 ONHOLD.
+        fake.listings["CoreShowChannels"] = [
+            AmiMessage([("Event", "CoreShowChannel"), *a, ("BridgeId", "b1")]),
+            AmiMessage([("Event", "CoreShowChannel"), *b, ("BridgeId", "b1")]),
+        ]
+        fake.set_extension("101", 1)
+        fake.set_extension("102", 16)
+        running.sink.clear()
+        await reconnect(fake, running)
+        assert running.sink.batches == []
+    finally:
+        await running.backend.stop()
+
+
 async def test_a_missing_module_does_not_break_the_resync(fake: FakeAmi, tmp_path: Path) -> None:
     del fake.listings["QueueStatus"]  # app_queue not loaded: `Invalid/unknown command`
     running = await run(config(server(fake.port)), tmp_path)
@@ -335,6 +407,12 @@ async def test_events_go_to_their_own_tenant(tmp_path: Path) -> None:
         assert not running.backend.is_extension("ZadnaCentrala", "101")
         health = running.backend.health()
         assert [s["pbxes"] for s in health["servers"]] == [[PBX, "InnaCentrala"], ["ObcaCentrala"]]
+        # ZadnaCentrala's events were dropped and counted, by AMI event name.
+        dropped = health["servers"][0]["dropped"]
+        assert dropped["DeviceStateChange"] >= 4 and dropped["Cdr"] == 2
+        assert {"Newchannel", "ExtensionStatus", "QueueCallerJoin"} <= set(dropped)
+        assert health["servers"][1]["dropped"] == {}
+        assert health["dropped"] == sum(dropped.values())
     finally:
         await running.backend.stop()
         await one.close()
@@ -393,6 +471,96 @@ async def test_originate_sends_what_asterisk_needs(
         assert f"({result.reference}): Success, reason 4 (answered)" in caplog.text
     finally:
         await backend.stop()
+
+
+async def test_dial_shows_the_party_being_called_while_cpa_rings(
+    fake: FakeAmi, tmp_path: Path
+) -> None:
+    """Asterisk echoes the Originate's CallerID (cpa itself) as the first leg's connected
+    line; the phone is shown connected to cpb instead."""
+
+    async def ring_cpa(session: FakeSession, action: AmiMessage) -> list[tuple[str, str]]:
+        async def later() -> None:
+            snapshot = [
+                ("Channel", "PJSIP/MojaCentrala-101-00000040"),
+                ("CallerIDNum", "101"),
+                ("CallerIDName", "MojaCentrala 101"),
+                ("ConnectedLineNum", "101"),
+                ("ConnectedLineName", "MojaCentrala 101"),
+                ("Context", "MojaCentrala"),
+                ("Exten", "s"),
+                ("Uniqueid", "1795900000.64"),
+            ]
+            await session.event(
+                AmiMessage([("Event", "Newchannel"), ("ChannelState", "0"), *snapshot])
+            )
+            await session.event(
+                AmiMessage([("Event", "Newstate"), ("ChannelState", "5"), *snapshot])
+            )
+            await session.event(
+                AmiMessage(
+                    [
+                        ("Event", "DeviceStateChange"),
+                        ("Device", "PJSIP/MojaCentrala-101"),
+                        ("State", "RINGING"),
+                    ]
+                )
+            )
+
+        asyncio.get_running_loop().create_task(later())
+        return [("Response", "Success"), ("Message", "Originate successfully queued")]
+
+    fake.on_originate = ring_cpa
+    running = await run(config(server(fake.port)), tmp_path)
+    try:
+        running.sink.clear()
+        assert (await running.backend.originate(PBX, "101", "102")).accepted
+        await until(lambda: running.sink.states("MojaCentrala-101") == [8])
+        assert running.sink.items() == [
+            (
+                "subscriber",
+                {
+                    "peer": "MojaCentrala-101",
+                    "statusValue": 8,
+                    "connectPeerNumber": "102",
+                    "connectPeerName": "",
+                },
+            )
+        ]
+    finally:
+        await running.backend.stop()
+
+
+async def test_dial_with_cpa_unavailable_is_refused_at_once(fake: FakeAmi, tmp_path: Path) -> None:
+    running = await run(config(server(fake.port)), tmp_path)
+    try:
+        # 105 is configured but not registered: Asterisk listed it UNAVAILABLE.
+        assert running.backend.is_extension(PBX, "105")
+        result = await running.backend.originate(PBX, "105", "102")
+        assert not result.accepted
+        assert (
+            result.message
+            == "105 is unavailable (Asterisk reports PJSIP/MojaCentrala-105 UNAVAILABLE)"
+        )
+        assert not fake.sent("Originate")
+        # It registers: the next /dial goes to Asterisk.
+        await fake.emit(
+            [
+                AmiMessage(
+                    [
+                        ("Event", "DeviceStateChange"),
+                        ("Privilege", "call,all"),
+                        ("Device", "PJSIP/MojaCentrala-105"),
+                        ("State", "NOT_INUSE"),
+                    ]
+                )
+            ]
+        )
+        await until(lambda: running.sink.states("MojaCentrala-105")[-1:] == [0])
+        assert (await running.backend.originate(PBX, "105", "102")).accepted
+        assert len(fake.sent("Originate")) == 1
+    finally:
+        await running.backend.stop()
 
 
 async def test_originate_refusals(fake: FakeAmi, tmp_path: Path) -> None:
@@ -498,6 +666,24 @@ async def test_cdr_events_become_rows_rated_and_in_the_right_zone(
 
 def csv_rows(*scenarios: str) -> str:
     return "".join((DATA / f"{s}.cdr.csv").read_text() for s in scenarios)
+
+
+async def test_a_busy_dial_gives_the_two_rows_asterisk_writes(
+    fake: FakeAmi, tmp_path: Path
+) -> None:
+    """Decision (docs/asterisk.md): /cdr passes both rows of one uniqueid, as Master.csv."""
+    running = await run(config(server(fake.port)), tmp_path)
+    try:
+        await fake.replay("busy", speed=20)
+        await until(lambda: len(running.sink.rows) == 3)
+        dial = [r for _, r in running.sink.rows if r.dst == "102"]
+        assert [(r.disposition, r.lastapp, r.billsec) for r in dial] == [
+            (Disposition.BUSY, "Dial", 0),
+            (Disposition.ANSWERED, "Hangup", 0),
+        ]
+        assert dial[0].uniqueid == dial[1].uniqueid == "1796481019.5"
+    finally:
+        await running.backend.stop()
 
 
 async def test_master_csv_catch_up_imports_each_row_once(fake: FakeAmi, tmp_path: Path) -> None:

@@ -140,6 +140,9 @@ async def test_the_api_in_front_of_asterisk(tmp_path: Path) -> None:
                 assert sent.value("CallerID") == '"MojaCentrala 101" <101>'
                 unknown = await client.get("/dial", params={"cpa": "999", "cpb": "102"})
                 assert unknown.status_code == 500 and unknown.text == "Action Error"
+                # 105 exists but Asterisk says it is unavailable: refused before Asterisk.
+                away = await client.get("/dial", params={"cpa": "105", "cpb": "102"})
+                assert away.status_code == 500 and away.text == "Action Error"
                 assert len(fake.sent("Originate")) == 1
 
                 async def refuse(session: Any, action: Any) -> list[tuple[str, str]]:
@@ -239,14 +242,18 @@ async def test_healthz_reports_the_backend_without_naming_tenants(tmp_path: Path
                 healthy = await client.get("/healthz")
                 assert healthy.status_code == 200
                 assert healthy.json()["status"] == "ok"
-                assert healthy.json()["backends"] == [{"backend": "asterisk", "status": "ok"}]
+                assert healthy.json()["backends"] == [
+                    {"backend": "asterisk", "status": "ok", "dropped": 0}
+                ]
                 await fake.stop_listening()
                 await until(lambda: backend.health()["status"] != "ok", seconds=5)
                 degraded = await client.get("/healthz")
             # Stored data is still served: degraded, not unavailable.
             assert degraded.status_code == 200
             assert degraded.json()["status"] == "degraded"
-            assert degraded.json()["backends"] == [{"backend": "asterisk", "status": "degraded"}]
+            assert degraded.json()["backends"] == [
+                {"backend": "asterisk", "status": "degraded", "dropped": 0}
+            ]
             assert PBX not in degraded.text and str(fake.port) not in degraded.text
     finally:
         await fake.close()

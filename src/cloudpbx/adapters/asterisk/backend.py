@@ -49,6 +49,7 @@ from cloudpbx.adapters.asterisk.recordings import RecordingCollector
 from cloudpbx.adapters.asterisk.tenancy import TenantMap
 from cloudpbx.adapters.asterisk.translate import Translator
 from cloudpbx.domain.records import CdrRecord
+from cloudpbx.domain.states import DeviceState
 from cloudpbx.ports.pbx import OriginateResult, PbxSink
 
 __all__ = ["AsteriskBackend"]
@@ -395,6 +396,13 @@ class _Server:
             return OriginateResult(
                 False, message=f"Asterisk {self.name} is not connected: {self.connection.error}"
             )
+        if self.translator.device_state(device) is DeviceState.UNAVAILABLE:
+            # Asterisk would accept the Originate and fail it a millisecond later
+            # (OriginateResponse Reason 0): say so now.
+            log.info("dial %s %s→%s refused: %s is unavailable", pbx, cpa, cpb, device)
+            return OriginateResult(
+                False, message=f"{cpa} is unavailable (Asterisk reports {device} UNAVAILABLE)"
+            )
         action_id = f"cloudpbx-dial-{secrets.token_hex(8)}"
         headers: list[tuple[str, str]] = [
             ("Channel", device),
@@ -411,13 +419,16 @@ class _Server:
         self._originates[action_id] = (pbx, cpa, cpb)
         while len(self._originates) > _ORIGINATES_KEPT:
             self._originates.popitem(last=False)
+        self.translator.expect_originate(device, cpb)
         try:
             response = await self.connection.action("Originate", headers, action_id=action_id)
         except AmiActionError as exc:
             self._originates.pop(action_id, None)
+            self.translator.cancel_originate(device, cpb)
             log.info("dial %s %s→%s refused by Asterisk: %s", pbx, cpa, cpb, exc.message)
             return OriginateResult(False, action_id, exc.message or "Response: Error")
         except AmiError as exc:
+            self.translator.cancel_originate(device, cpb)
             log.warning("dial %s %s→%s failed: %s", pbx, cpa, cpb, exc)
             return OriginateResult(False, action_id, str(exc))
         log.info("dial %s %s→%s queued as %s", pbx, cpa, cpb, action_id)
@@ -429,6 +440,11 @@ class _Server:
         if dial is None:
             return
         pbx, cpa, cpb = dial
+        device = self.device_for(pbx, cpa)
+        if device is not None:
+            # The leg, if any, exists by now (Newchannel comes first): no later channel
+            # of cpa is this call's.
+            self.translator.cancel_originate(device, cpb)
         reason = msg.value("Reason")
         log.info(
             "dial %s %s→%s (%s): %s, reason %s (%s), channel %s, uniqueid %s",
@@ -454,7 +470,9 @@ class _Server:
         except CdrError as exc:
             log.warning("%s: unreadable Cdr event (%s): %r", self.name, exc, msg)
             return
-        if converted is not None:
+        if converted is None:
+            self.translator.note_dropped(msg)
+        else:
             cdrs.append((converted[0], self._rate(*converted)))
 
     async def _deliver_cdr(self, pbx: str, record: CdrRecord) -> None:
@@ -537,6 +555,7 @@ class _Server:
         info["pbxes"] = list(self.pbxes)
         info["resyncs"] = self.resyncs
         info["cdrs"] = {"live": self.cdrs_live, "imported": self.cdrs_imported}
+        info["dropped"] = dict(self.translator.dropped)
         if self.csv is not None:
             info["cdr_csv"] = {"path": str(self.csv.path), "offset": self.csv.offset}
         if self.recordings is not None:
@@ -630,7 +649,15 @@ class AsteriskBackend:
     def health(self) -> dict[str, Any]:
         """`{"status": "ok"|"degraded", "servers": [...]}`: ok when every server is
         connected. Each server: name, address, state (`connected`, `connecting`,
-        `disconnected`, `auth_failed`, `stopped`), since, error, connects, pbxes."""
+        `disconnected`, `auth_failed`, `stopped`), since, error, connects, pbxes,
+        `dropped` (AMI event name → events naming no PBX of it). `dropped` at the top:
+        their sum over all servers."""
         servers = [server.health() for server in self._servers]
         ok = all(info["state"] == "connected" for info in servers)
-        return {"backend": "asterisk", "status": "ok" if ok else "degraded", "servers": servers}
+        dropped = sum(sum(info["dropped"].values()) for info in servers)
+        return {
+            "backend": "asterisk",
+            "status": "ok" if ok else "degraded",
+            "dropped": dropped,
+            "servers": servers,
+        }

@@ -179,6 +179,12 @@ class TenantMap:
         cache[device] = peer
         return peer
 
+    def is_endpoint(self, name: str) -> bool:
+        """A device or channel of an endpoint technology (`PJSIP/...`), whatever its PBX:
+        one that no PBX owns is a tenancy drop, unlike `Local/...` or `Queue:...`."""
+        tech, slash, _ = name.partition("/")
+        return bool(slash) and tech in self.endpoint_techs
+
     def channel(self, channel: str) -> Peer | None:
         """`PJSIP/MojaCentrala-101-00000001` → the peer of the channel's endpoint."""
         return self.device(channel_device(channel))

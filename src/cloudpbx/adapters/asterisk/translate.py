@@ -4,14 +4,18 @@ Mapping (AMI → contract):
 
 * `DeviceStateChange` of `PJSIP/<PBX>-<ext>`, `ExtensionStatus` of a one-device hint and
   the channel events → `subscriber` (+ `connectPeerNumber/Name` while it has a call);
-* `ExtensionStatus` (also inside `ExtensionStateList`) → `extstatus`;
+* `ExtensionStatus` (also inside `ExtensionStateList`) → `extstatus`, unchanged but for
+  the reduction of combined values; the PBX is the one of its `Context`, never the one
+  of the device the hint watches;
 * `QueueCallerJoin` / `QueueCallerLeave` (`Count`), `QueueParams` (`Calls`) → `queue`;
 * `QueueMemberStatus`, `QueueMemberPause` (with `m_reason`), `QueueMemberAdded`,
   `QueueMemberRemoved`, `QueueMember` (the QueueStatus listing) → `qmember`;
 * `ConfbridgeJoin` / `ConfbridgeLeave`, `ConfbridgeList` (listing) → `cmember`.
 
 Anything else (`VarSet`, `TestEvent`, `RTCP*`, `PeerStatus`, `ContactStatus`, responses, ...)
-is ignored, and so is every header the mapping does not read.
+is ignored, and so is every header the mapping does not read. An event the mapping reads
+whose subject no PBX owns (an endpoint, context, queue or room of no tenant) is dropped,
+counted in `dropped` by AMI event name and logged at DEBUG.
 
 The translator keeps the state it last published and publishes *changes* only, so the
 startup listings (`ExtensionStateList`, `DeviceStateList`, `QueueStatus`,
@@ -27,21 +31,26 @@ millisecond, in no fixed order, and come out together; transient states inside o
 flush window (a `Hangup` before the `DeviceStateChange` that follows it) are not
 published. Conference joins and leaves are events, not states: each is its own batch.
 
-Derived values (decisions, see the project's docs/decisions.md):
+Values (decisions, see docs/asterisk.md "Events: what Asterisk says"):
 
-* device state: `DeviceStateChange.State` text or the hint's `Status` bitmask reduced with
-  :func:`reduce_device_state`; `UNKNOWN` is Idle, `INVALID` Unavailable (Asterisk's own
-  device → extension state mapping);
-* 32 Connecting overrides it while the device places a call the other side has not
-  answered (see :mod:`.channels`); else Ringing; else 16 On Hold while its call is held;
-* `extstatus` of a hint gets the same overrides as the devices it watches, so a phone's
-  `subscriber` and `extstatus` agree;
-* `connectPeerNumber/Name`: the device's latest channel's connected line (`<unknown>`
-  replaced by the number the phone dialled, or `""`), present while the device has a
-  channel and is not Idle/Unavailable (a leg being set up on an idle phone is no call);
+* `extstatus.status`: Asterisk's `ExtensionStatus.Status`, combined bitmasks reduced with
+  :func:`reduce_device_state` (In Use + Ringing → 8, In Use + On Hold → 16, removed or
+  deactivated hint → 4). Nothing of ours is added to it;
+* `subscriber.statusValue`: the device state, `DeviceStateChange.State` or the one-device
+  hint's `Status`; `UNKNOWN` is Idle, `INVALID` Unavailable, `ONHOLD` 16 (Asterisk's own
+  device → extension state mapping). 16 is therefore the device Asterisk marks ONHOLD —
+  the party that was put on hold — never derived from `Hold`/`Unhold`, which are raised
+  on the phone that pressed hold. The one addition is 32 Connecting, the contract's
+  state Asterisk has no word for: while the device places a call the other side has not
+  answered (a channel in state Ring, a dial not ended, a caller waiting in a queue; see
+  :mod:`.channels`);
+* `connectPeerNumber/Name`: the active call's other party (:meth:`CallTracker.party`:
+  only a channel that is up or ringing, never the device itself, the call not on hold
+  before a held one), present while the device is not Idle/Unavailable (a leg being set
+  up on an idle phone is no call);
 * when a device's last channel hangs up while its state still says In Use/Busy/Ringing/
-  On Hold, nothing is published until the device state catches up (`Hangup` comes up to
-  a few ms before `DeviceStateChange`), so a call ends in one change, not via a
+  On Hold, its `subscriber` waits until the device state catches up (`Hangup` comes up
+  to a few ms before `DeviceStateChange`), so a call ends in one change, not via a
   call-less "In Use";
 * `PeerStatus` and `ContactStatus` are not used: `DeviceStateChange` reports the same
   registration changes within a millisecond, and using both would split one change;
@@ -51,6 +60,8 @@ Derived values (decisions, see the project's docs/decisions.md):
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -69,6 +80,8 @@ from cloudpbx.domain.events import (
 from cloudpbx.domain.states import DeviceState, MemberStatus, reduce_device_state
 
 __all__ = ["DEVICE_STATES", "Batch", "Translator", "device_state", "member_status"]
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[str, list[Event]]
 """`(pbx, events of one change)`, ready for `PbxSink.events`."""
@@ -104,7 +117,9 @@ def member_status(text: str) -> MemberStatus:
 class _Hint:
     pbx: str
     exten: str
-    devices: tuple[Peer, ...]
+    device: Peer | None
+    """The one device of the hint when it is an endpoint of the same PBX: its
+    `subscriber` and this `extstatus` travel together."""
     status: DeviceState | None = None
     sent: DeviceState | None = None
 
@@ -154,7 +169,10 @@ class Translator:
 
     def __init__(self, tenants: TenantMap) -> None:
         self.tenants = tenants
-        self.calls = CallTracker(tenants)
+        self.calls = CallTracker(tenants, on_drop=self._drop)
+        self.dropped: Counter[str] = Counter()
+        """AMI event name → how many of them named no PBX (see `_drop`)."""
+        self._last_dropped: AmiMessage | None = None
         self._lines: dict[Peer, _Line] = {}
         self._hints: dict[tuple[str, str], _Hint] = {}
         self._queues: dict[tuple[str, str], _Queue] = {}
@@ -169,10 +187,12 @@ class Translator:
             "Newstate": self._refresh_channel,
             "NewConnectedLine": self._refresh_channel,
             "NewCallerid": self._refresh_channel,
-            "CoreShowChannel": self._refresh_channel,
             "DialBegin": self._dial_begin,
             "DialEnd": self._dial_end,
             "Hangup": self._hangup,
+            "CoreShowChannel": self._refresh_channel,
+            "BridgeEnter": self._bridge_enter,
+            "BridgeLeave": self._bridge_leave,
             "Hold": self._hold,
             "Unhold": self._unhold,
             "QueueCallerJoin": self._queue_caller_join,
@@ -220,6 +240,38 @@ class Translator:
         """Forget live channels (after a lost connection, before the startup listing)."""
         self.calls.clear()
 
+    def device_state(self, device: str) -> DeviceState | None:
+        """What Asterisk last said of `device` (`PJSIP/MojaCentrala-101`); None: nothing."""
+        peer = self.tenants.device(device)
+        line = None if peer is None else self._lines.get(peer)
+        return None if line is None else line.base
+
+    def expect_originate(self, device: str, number: str) -> None:
+        """Our `/dial` rings `device` for `number`: the party while it rings (Asterisk
+        echoes the Originate's CallerID — cpa itself — as that leg's connected line)."""
+        peer = self.tenants.device(device)
+        if peer is not None:
+            self.calls.expect_originate(peer, number)
+
+    def cancel_originate(self, device: str, number: str) -> None:
+        """That `/dial` was refused: no leg comes."""
+        peer = self.tenants.device(device)
+        if peer is not None:
+            self.calls.cancel_originate(peer, number)
+
+    def note_dropped(self, msg: AmiMessage) -> None:
+        """Another consumer (the CDR converter) found no PBX for `msg`: count it here."""
+        self._drop(msg)
+
+    def _drop(self, msg: AmiMessage) -> None:
+        """`msg` names an endpoint, context, queue or room of no PBX: count it, once."""
+        if msg is self._last_dropped:
+            return
+        self._last_dropped = msg
+        name = msg.event or "?"
+        self.dropped[name] += 1
+        log.debug("dropped %s: it names no PBX of this server", name)
+
     # -- devices and hints --------------------------------------------------------------------
 
     def _line(self, peer: Peer) -> _Line:
@@ -229,18 +281,19 @@ class Translator:
         return line
 
     def _touch_peer(self, peer: Peer | None) -> None:
-        if peer is None:
-            return
-        self._touched[("line", peer)] = None
-        line = self._lines.get(peer)
-        if line is not None:
-            for hint in line.hints.values():
-                if len(hint.devices) > 1:
-                    self._touched[("hint", hint.pbx, hint.exten)] = None
+        if peer is not None:
+            self._touched[("line", peer)] = None
+
+    def _touch_peers(self, peers: list[Peer]) -> None:
+        for peer in peers:
+            self._touched[("line", peer)] = None
 
     def _device_state_change(self, msg: AmiMessage) -> None:
-        peer = self.tenants.device(msg.value("Device"))
+        device = msg.value("Device")
+        peer = self.tenants.device(device)
         if peer is None:
+            if self.tenants.is_endpoint(device):
+                self._drop(msg)
             return
         state = device_state(msg.value("State"))
         if state is None:
@@ -256,62 +309,60 @@ class Translator:
             return
         if not exten:
             return
-        resolved = self._hint_devices(msg.value("Hint"), msg.value("Context"))
-        if resolved is None:
+        pbx = self.tenants.context(msg.value("Context"))
+        if pbx is None:
+            self._drop(msg)
             return
-        pbx, devices = resolved
+        device = self._hint_device(pbx, msg.value("Hint"))
         key = (pbx, exten)
         hint = self._hints.get(key)
-        if hint is None or hint.devices != devices:
-            if hint is not None:
-                for peer in hint.devices:
-                    self._line(peer).hints.pop(exten, None)
+        if hint is None or hint.device != device:
+            if hint is not None and hint.device is not None:
+                self._line(hint.device).hints.pop(exten, None)
             sent = None if hint is None else hint.sent
-            hint = self._hints[key] = _Hint(pbx, exten, devices, sent=sent)
-            for peer in devices:
-                self._line(peer).hints[exten] = hint
+            hint = self._hints[key] = _Hint(pbx, exten, device, sent=sent)
+            if device is not None:
+                self._line(device).hints[exten] = hint
         hint.status = reduce_device_state(bits)
-        if len(devices) == 1:
+        if device is not None:
             if bits >= 0:
-                self._line(devices[0]).base = hint.status
-            self._touched[("line", devices[0])] = None
+                self._line(device).base = hint.status
+            self._touched[("line", device)] = None
         else:
             self._touched[("hint", pbx, exten)] = None
 
-    def _hint_devices(self, hint: str, context: str) -> tuple[str, tuple[Peer, ...]] | None:
-        """The PBX and the known endpoints of a hint (`PJSIP/A&PJSIP/B,CustomPresence:x`).
+    def _hint_device(self, pbx: str, hint: str) -> Peer | None:
+        """The one endpoint of `pbx` a hint watches (`PJSIP/MojaCentrala-101`), else None.
 
-        An endpoint-like device of no known PBX, or devices of two PBXes: None (drop).
-        Without any endpoint the hint's context decides.
+        A hint of several devices (`PJSIP/A&PJSIP/B`), of no endpoint (`Custom:x`) or of
+        another PBX's endpoint (a context of PBX B watching A's phone) is published as an
+        `extstatus` of its context's PBX only: it says nothing of one device of that PBX.
         """
-        devices = hint.split(",", 1)[0]
-        peers: list[Peer] = []
-        for device in devices.split("&") if devices else ():
-            peer = self.tenants.device(device)
-            if peer is not None:
-                peers.append(peer)
-            elif device.partition("/")[0] in self.tenants.endpoint_techs:
-                return None
-        pbxes = {peer.pbx for peer in peers}
-        if len(pbxes) > 1:
+        devices = hint.split(",", 1)[0].split("&")
+        if len(devices) != 1:
             return None
-        pbx = pbxes.pop() if pbxes else self.tenants.context(context)
-        if pbx is None:
-            return None
-        return pbx, tuple(peers)
+        peer = self.tenants.device(devices[0])
+        return peer if peer is not None and peer.pbx == pbx else None
 
-    def _derive(self, peers: tuple[Peer, ...], base: DeviceState | None) -> DeviceState | None:
-        calls = self.calls
-        if any(calls.connecting(peer) for peer in peers):
+    def _derive(self, peer: Peer, base: DeviceState | None) -> DeviceState | None:
+        """The device state, or 32 while the device places an unanswered call."""
+        if self.calls.connecting(peer):
             return DeviceState.CONNECTING
-        if base is DeviceState.RINGING:
-            return base
-        if any(calls.held(peer) for peer in peers):
-            return DeviceState.ON_HOLD
         return base
 
     def _line_events(self, line: _Line) -> list[Event]:
         events: list[Event] = []
+        subscriber = self._subscriber_event(line)
+        if subscriber is not None:
+            events.append(subscriber)
+        for hint in line.hints.values():
+            ext = self._hint_event(hint)
+            if ext is not None:
+                events.append(ext)
+        events.extend(self._member_events(line))
+        return events
+
+    def _subscriber_event(self, line: _Line) -> Subscriber | None:
         peer = line.peer
         party = self.calls.party(peer)
         if (
@@ -323,31 +374,23 @@ class Translator:
             # The call's last channel is gone, the device state saying so is still on its
             # way (`Hangup` comes up to a few ms before `DeviceStateChange`): publish the
             # end of the call once, when the state arrives, not a call-less "In Use".
-            return self._member_events(line)
-        state = self._derive((peer,), line.base)
-        if state is not None:
-            if state is DeviceState.IDLE or state is DeviceState.UNAVAILABLE:
-                # A channel being set up on an idle phone is no call yet.
-                party = None
-            current = (state, party)
-            if current != line.sent:
-                line.sent = current
-                party = current[1]
-                events.append(
-                    Subscriber(
-                        peer.name,
-                        state,
-                        connect_peer_number=None if party is None else party[0],
-                        connect_peer_name=None if party is None else party[1],
-                    )
-                )
-        for hint in line.hints.values():
-            if len(hint.devices) == 1:
-                ext = self._hint_event(hint)
-                if ext is not None:
-                    events.append(ext)
-        events.extend(self._member_events(line))
-        return events
+            return None
+        state = self._derive(peer, line.base)
+        if state is None:
+            return None
+        if state is DeviceState.IDLE or state is DeviceState.UNAVAILABLE:
+            # A channel being set up on an idle phone is no call yet.
+            party = None
+        current = (state, party)
+        if current == line.sent:
+            return None
+        line.sent = current
+        return Subscriber(
+            peer.name,
+            state,
+            connect_peer_number=None if party is None else party[0],
+            connect_peer_name=None if party is None else party[1],
+        )
 
     def _member_events(self, line: _Line) -> list[Event]:
         events: list[Event] = []
@@ -361,9 +404,8 @@ class Translator:
         return events
 
     def _hint_event(self, hint: _Hint) -> ExtStatus | None:
-        if hint.status is None:
-            return None
-        state = self._derive(hint.devices, hint.status)
+        """Asterisk's extension state as it said it, when it changed."""
+        state = hint.status
         if state is None or state == hint.sent:
             return None
         hint.sent = state
@@ -378,27 +420,35 @@ class Translator:
         self._touch_peer(self.calls.refresh(msg))
 
     def _dial_begin(self, msg: AmiMessage) -> None:
-        for peer in self.calls.dial_begin(msg):
-            self._touch_peer(peer)
+        self._touch_peers(self.calls.dial_begin(msg))
 
     def _dial_end(self, msg: AmiMessage) -> None:
-        for peer in self.calls.dial_end(msg):
-            self._touch_peer(peer)
+        self._touch_peers(self.calls.dial_end(msg))
+
+    def _bridge_enter(self, msg: AmiMessage) -> None:
+        self._touch_peers(self.calls.bridge_enter(msg))
+
+    def _bridge_leave(self, msg: AmiMessage) -> None:
+        self._touch_peers(self.calls.bridge_leave(msg))
 
     def _hangup(self, msg: AmiMessage) -> None:
         self._touch_peer(self.calls.hangup(msg))
 
+    # Which call is active, never a state: see the module docstring.
     def _hold(self, msg: AmiMessage) -> None:
-        self._touch_peer(self.calls.set_held(msg, True))
+        self._touch_peers(self.calls.set_holding(msg, True))
 
     def _unhold(self, msg: AmiMessage) -> None:
-        self._touch_peer(self.calls.set_held(msg, False))
+        self._touch_peers(self.calls.set_holding(msg, False))
 
     # -- queues --------------------------------------------------------------------------------
 
-    def _queue_count(self, queue: str, count: str) -> None:
+    def _queue_count(self, msg: AmiMessage, queue: str, count: str) -> None:
+        if not count.isdigit():
+            return
         pbx = self.tenants.queue(queue)
-        if pbx is None or not count.isdigit():
+        if pbx is None:
+            self._drop(msg)
             return
         key = (pbx, queue)
         state = self._queues.get(key)
@@ -408,15 +458,15 @@ class Translator:
         self._touched[("queue", pbx, queue)] = None
 
     def _queue_caller_join(self, msg: AmiMessage) -> None:
-        self._queue_count(msg.value("Queue"), msg.value("Count"))
+        self._queue_count(msg, msg.value("Queue"), msg.value("Count"))
         self._touch_peer(self.calls.set_queued(msg, True))
 
     def _queue_caller_leave(self, msg: AmiMessage) -> None:
-        self._queue_count(msg.value("Queue"), msg.value("Count"))
+        self._queue_count(msg, msg.value("Queue"), msg.value("Count"))
         self._touch_peer(self.calls.set_queued(msg, False))
 
     def _queue_params(self, msg: AmiMessage) -> None:
-        self._queue_count(msg.value("Queue"), msg.value("Calls"))
+        self._queue_count(msg, msg.value("Queue"), msg.value("Calls"))
 
     def _queue_entry(self, msg: AmiMessage) -> None:
         self._touch_peer(self.calls.mark_queued(msg.value("Uniqueid")))
@@ -435,10 +485,11 @@ class Translator:
             peer = self.tenants.interface(state_interface)
         if peer is None and interface:
             peer = self.tenants.interface(interface)
-        if peer is None or not queue:
+        if not queue:
             return None
         owner = self.tenants.queue(queue)
-        if owner is not None and owner != peer.pbx:
+        if peer is None or (owner is not None and owner != peer.pbx):
+            self._drop(msg)
             return None
         line = self._line(peer)
         member = line.members.get(queue)
@@ -519,9 +570,11 @@ class Translator:
         owner = self.tenants.conference(conference)
         member = self.tenants.channel(channel)
         if owner is not None and member is not None and owner != member.pbx:
+            self._drop(msg)
             return
         pbx = owner if owner is not None else None if member is None else member.pbx
         if pbx is None:
+            self._drop(msg)
             return
         room = self._rooms.setdefault((pbx, conference), set())
         if action == "add":

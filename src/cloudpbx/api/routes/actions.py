@@ -52,6 +52,9 @@ async def dial(
 ) -> Response:
     """`OK` once the PBX accepted the call, `Action Error` (500) when it did not.
 
+    Not accepted also covers a cpa the backend already knows cannot ring (Asterisk
+    reports its device unavailable: not registered or unreachable), rather than an `OK`
+    that fails a millisecond later (docs/asterisk.md, "/dial").
     The `X-Originate-Id` header names the attempt, for matching the PBX's logs.
     """
     for name, value in (("cpa", cpa), ("cpb", cpb)):

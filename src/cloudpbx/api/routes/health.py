@@ -19,7 +19,10 @@ router = APIRouter()
     tags=["operations"],
     summary="Health of the server and its database",
     responses={
-        200: {"description": '`{"status": "ok", "version": ..., "database": "ok"}`'},
+        200: {
+            "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
+            '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
+        },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
     },
 )
@@ -48,8 +51,15 @@ async def healthz(runtime: RuntimeDep) -> Response:
     )
 
 
-def _backend_status(backend: object) -> dict[str, str]:
+def _backend_status(backend: object) -> dict[str, str | int]:
+    """Kind and status; `dropped` too where the backend counts events of no PBX (a
+    number names nobody, and a growing one says a tenant rule is missing)."""
     kind = type(backend).__name__.removesuffix("Backend").lower()
-    if isinstance(backend, ReportsHealth):
-        return {"backend": kind, "status": str(backend.health().get("status", "unknown"))}
-    return {"backend": kind, "status": "ok"}
+    if not isinstance(backend, ReportsHealth):
+        return {"backend": kind, "status": "ok"}
+    health = backend.health()
+    item: dict[str, str | int] = {"backend": kind, "status": str(health.get("status", "unknown"))}
+    dropped = health.get("dropped")
+    if isinstance(dropped, int):
+        item["dropped"] = dropped
+    return item
