@@ -438,6 +438,7 @@ class Lab:
         for phone in self._phones.values():
             phone.close()
         self._phones.clear()
+        self._phone_owner.clear()
 
     # -- AMI -----------------------------------------------------------------------------
 
