@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudpbx.lab import Lab, LabError
+from cloudpbx.lab import PHONES, Lab, LabError
 from cloudpbx.lab.build import mounts_under
-from cloudpbx.lab.proc import alive, all_pids, chrooted_in
+from cloudpbx.lab.proc import alive, all_pids, chrooted_in, supervisors_of
 
 LAB_PROGRAMS = ("asterisk", "baresip")
 SESSION_WAIT_S = 900
@@ -26,9 +26,10 @@ SESSION_WAIT_S = 900
 
 
 def lab_programs_running(root: Path) -> list[str]:
-    """Live processes of the lab: anything chrooted in `root`, and any asterisk/baresip
-    started from it. Empty once the lab is down."""
+    """Live processes of the lab: anything chrooted in `root`, the phones' supervisors, and
+    any asterisk/baresip started from it. Empty once the lab is down."""
     found = [f"{pid} (chrooted)" for pid in chrooted_in(root)]
+    found += [f"{pid} (supervisor)" for pid in supervisors_of(root)]
     prefix = os.path.realpath(root) + "/"
     for pid in all_pids():
         try:
@@ -41,7 +42,7 @@ def lab_programs_running(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """The lab, up (built first if needed: ~2 min from nothing, ~1-3 s when built)."""
     if os.geteuid() != 0:
         pytest.fail("the Asterisk lab tests need root (debootstrap, chroot, namespaces)")
@@ -62,6 +63,7 @@ def lab() -> Iterator[Lab]:
         try:
             yield the_lab
         finally:
+            _report_restarts(the_lab, request.config)
             the_lab.down()
             left = lab_programs_running(the_lab.root)
             mounted = mounts_under(the_lab.root)
@@ -69,6 +71,15 @@ def lab() -> Iterator[Lab]:
                 raise RuntimeError(f"lab down left processes {left} / mounts {mounted}")
     finally:
         os.close(lock)
+
+
+def _report_restarts(lab: Lab, config: pytest.Config) -> None:
+    """Phones the lab restarted during the session (test_lab crashes 103 on purpose once),
+    each with its time and exit status, written on pytest's terminal report."""
+    restarts = {ext: lines for ext in PHONES if (lines := lab.phone_restarts(ext))}
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if restarts and reporter is not None:
+        reporter.write_line(f"lab: phones restarted during this session: {restarts}")
 
 
 def _lock_session(fd: int, path: Path) -> None:

@@ -18,7 +18,7 @@ from cloudpbx.adapters.asterisk.cdr import (
 from cloudpbx.adapters.asterisk.framing import AmiMessage, AmiParser
 from cloudpbx.adapters.asterisk.tenancy import TenantMap, TenantRule
 from cloudpbx.domain.states import Disposition
-from tests.ami_data import SCENARIOS, cdr_rows, received
+from tests.ami_data import ALL_SCENARIOS, cdr_rows, received
 
 TENANTS = TenantMap([TenantRule("MojaCentrala"), TenantRule("InnaCentrala")])
 
@@ -27,7 +27,7 @@ def cdr_events(scenario: str) -> list[AmiMessage]:
     return [m for m in AmiParser().feed(received(scenario)) if m.event == "Cdr"]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_cdr_events_match_the_csv_rows(scenario: str) -> None:
     """Same rows, same order; cdr_csv wrote times in UTC (usegmtime), Asterisk ran in UTC."""
     converter = CdrConverter(TENANTS, asterisk_tz=UTC)

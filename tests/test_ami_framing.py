@@ -13,7 +13,7 @@ from cloudpbx.adapters.asterisk.framing import (
     AmiProtocolError,
     serialize_action,
 )
-from tests.ami_data import SCENARIOS, received, rows, sent
+from tests.ami_data import ALL_SCENARIOS, received, rows, sent
 
 
 def expected_messages(scenario: str) -> tuple[str, list[list[tuple[str, str]]]]:
@@ -51,7 +51,7 @@ def parse_in_chunks(data: bytes, sizes: random.Random | int) -> tuple[AmiParser,
     return parser, out
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_every_transcript_in_random_chunks_gives_the_recorded_messages(scenario: str) -> None:
     banner, expected = expected_messages(scenario)
     data = received(scenario)
@@ -62,7 +62,7 @@ def test_every_transcript_in_random_chunks_gives_the_recorded_messages(scenario:
         assert [m.headers for m in messages] == expected
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_byte_by_byte_and_whole(scenario: str) -> None:
     _, expected = expected_messages(scenario)
     data = received(scenario)
@@ -72,7 +72,7 @@ def test_byte_by_byte_and_whole(scenario: str) -> None:
     assert single == whole
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_bare_lf_and_mixed_line_ends(scenario: str) -> None:
     data = received(scenario)
     crlf = AmiParser().feed(data)
@@ -173,7 +173,7 @@ def test_parsing_is_linear_in_the_input() -> None:
     assert len(out) == 1 and len(out[0]["A"]) == 300_000
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
 def test_serializing_the_sent_actions_gives_the_sent_bytes(scenario: str) -> None:
     data = sent(scenario)
     out = b""

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from cloudpbx.lab import AmiError, Lab, LabError, PhoneError
 from cloudpbx.lab.phone import strip_ansi
+from cloudpbx.lab.record import SCENARIOS
+from cloudpbx.lab.record import record as record_scenario
 from cloudpbx.lab.settings import (
     AUTO_ANSWER,
     CONFERENCE,
@@ -146,6 +148,7 @@ def status(
             "up": st.up,
             "asterisk_pid": st.asterisk_pid,
             "phone_pids": {str(k): v for k, v in st.phone_pids.items()},
+            "phone_restarts": {str(k): v for k, v in st.phone_restarts.items()},
             "ami": f"{st.ami_address[0]}:{st.ami_address[1]}",
             "ami_ok": st.ami_ok,
             "sip": f"{st.sip_address[0]}:{st.sip_address[1]}",
@@ -180,6 +183,13 @@ def status(
                 _role(ext),
             )
         console.print(table)
+        restarted = [f"{ext}: {n}" for ext, n in st.phone_restarts.items() if n]
+        console.print(
+            "restarts   "
+            + (", ".join(restarted) + " (crashed phones the lab started again; see their logs)")
+            if restarted
+            else "restarts   none (no phone crashed since `up`)"
+        )
         console.print(
             f"also       {QUEUE_EXTEN} queue {QUEUE}, {CONFERENCE_EXTEN} ConfBridge {CONFERENCE}, "
             f"{ECHO_EXTEN} echo"
@@ -248,6 +258,31 @@ def call(
     wav = lab.recordings_dir / f"{cdr.get('UniqueID', '')}.wav"
     if wav.exists():
         console.print(f"recording  {wav} ({wav.stat().st_size} bytes)")
+
+
+@app.command()
+def record(
+    scenarios: Annotated[
+        list[str], typer.Argument(help=f"Scenarios: {', '.join(SCENARIOS)}", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the transcript files")] = Path("."),
+    root: RootOption = None,
+) -> None:
+    """Record AMI transcripts of scenarios (`<name>.txt`, `.sent.txt`, `.jsonl`, `.cdr.csv`)."""
+    lab = Lab(root, log=_log)
+    unknown = [name for name in scenarios if name not in SCENARIOS]
+    if unknown:
+        raise _fail(ValueError(f"no scenario {', '.join(unknown)} (see --help)"))
+    if not lab.is_up():
+        raise _fail(LabError("the lab is not up: `cloudpbx lab up` first"))
+    try:
+        for name in scenarios:
+            notes = record_scenario(lab, name, out)
+            console.print(f"{name}: {out / name}.txt  " + "; ".join(notes))
+    except (LabError, AmiError, PhoneError) as exc:
+        raise _fail(exc) from None
+    finally:
+        lab.close()
 
 
 def _addr(address: tuple[str, int]) -> str:

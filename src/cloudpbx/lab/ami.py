@@ -15,6 +15,8 @@ from types import TracebackType
 
 Message = dict[str, str]
 """One AMI message: header -> value (a repeated header keeps its last value)."""
+Header = str | int | list[str]
+"""An action header's value; a list is sent as the header repeated."""
 
 
 class AmiError(RuntimeError):
@@ -24,7 +26,9 @@ class AmiError(RuntimeError):
 class AmiClient:
     """One AMI session over TCP. Use as a context manager, or `connect()` + `close()`."""
 
-    def __init__(self, host: str, port: int, username: str, secret: str) -> None:
+    def __init__(
+        self, host: str, port: int, username: str, secret: str, *, id_prefix: str = "lab"
+    ) -> None:
         self.host = host
         self.port = port
         self.username = username
@@ -35,6 +39,7 @@ class AmiClient:
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._ids = itertools.count(1)
+        self._id_prefix = id_prefix
 
     def connect(self, *, events: bool | str = True, timeout: float = 5.0) -> Message:
         """Connect and log in; `events` False sends `Events: off`, a string is the filter."""
@@ -83,23 +88,30 @@ class AmiClient:
 
     # -- actions -----------------------------------------------------------------------
 
-    def send(self, action: str, **headers: str | int) -> str:
+    def send(self, action: str, **headers: Header) -> str:
         """Send an action without waiting; returns its ActionID."""
         if self._sock is None:
             raise AmiError("AMI is not connected")
-        action_id = str(headers.pop("ActionID", f"lab-{next(self._ids)}"))
+        action_id = str(headers.pop("ActionID", f"{self._id_prefix}-{next(self._ids)}"))
         lines = [f"Action: {action}", f"ActionID: {action_id}"]
-        lines += [f"{key}: {value}" for key, value in headers.items()]
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for key, value in headers.items():
+            # A list repeats the header (`Variable:` of Originate).
+            values = value if isinstance(value, list | tuple) else [value]
+            lines += [f"{key}: {item}" for item in values]
+        self._transmit(("\r\n".join(lines) + "\r\n\r\n").encode())
         return action_id
 
-    def action(self, action: str, *, timeout: float = 5.0, **headers: str | int) -> Message:
+    def _transmit(self, data: bytes) -> None:
+        assert self._sock is not None
+        self._sock.sendall(data)
+
+    def action(self, action: str, *, timeout: float = 5.0, **headers: Header) -> Message:
         """Send an action and return its response (events met meanwhile are kept)."""
         action_id = self.send(action, **headers)
         return self._wait(lambda m: "Response" in m and m.get("ActionID") == action_id, timeout)
 
     def list_action(
-        self, action: str, *, timeout: float = 5.0, **headers: str | int
+        self, action: str, *, timeout: float = 5.0, **headers: Header
     ) -> tuple[Message, list[Message]]:
         """A list action: the response and the events up to `EventList: Complete`.
 
@@ -182,7 +194,11 @@ class AmiClient:
             raise AmiError(f"AMI connection lost: {exc}") from exc
         if not chunk:
             raise AmiError("AMI connection closed by asterisk")
+        self._received(chunk)
         self._buffer += chunk
+
+    def _received(self, chunk: bytes) -> None:
+        """Every byte read from Asterisk passes here (the transcript recorder keeps them)."""
 
     def _read_line(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -27,16 +28,20 @@ from cloudpbx.lab.build import (
 from cloudpbx.lab.errors import LabError
 from cloudpbx.lab.phone import Phone
 from cloudpbx.lab.proc import (
+    Supervision,
     chrooted_in,
     kill_all,
     lab_process,
+    proc_info,
     read_pid,
     run_in_chroot,
     spawn_in_chroot,
     stop,
+    supervisors_of,
     wait_reaped,
 )
 from cloudpbx.lab.settings import (
+    MOH_DIR,
     PHONES,
     RECORDINGS_DIR,
     SPEECH,
@@ -51,6 +56,8 @@ from cloudpbx.lab.settings import (
 
 Log = Callable[[str], None]
 
+SUPERVISOR = os.path.basename(os.path.realpath("/bin/sh"))
+"""The program a phone's supervisor runs as (`/bin/sh`: dash on Debian)."""
 ASTERISK_BIN = "/usr/sbin/asterisk"
 BARESIP_BIN = "/usr/bin/baresip"
 ASTERISK_DIRS = (
@@ -77,6 +84,8 @@ class LabStatus:
     phone_pids: dict[int, int | None]
     ami_address: tuple[str, int]
     ami_ok: bool
+    phone_restarts: dict[int, int] = field(default_factory=dict)
+    """How often the lab restarted each phone since `up` (a crash, a stray signal)."""
     extension_states: dict[int, str] = field(default_factory=dict)
     """Exten -> `Status StatusText` (e.g. `0 Idle`), when AMI answered."""
     recordings_dir: Path = Path()
@@ -130,6 +139,8 @@ class Lab:
         self.timings: dict[str, float] = {}
         """Seconds taken by the last build / up / down steps, by name."""
         self._phones: dict[int, Phone] = {}
+        self._phone_owner: dict[int, int | None] = {}
+        """The baresip pid each kept `Phone` was connected to."""
         self._lock_depth = 0
         self._lock_file: int | None = None
 
@@ -177,6 +188,9 @@ class Lab:
     def _pidfile(self, name: str) -> Path:
         return self.state_dir / "run" / f"{name}.pid"
 
+    def _restarts_file(self, ext: int) -> Path:
+        return self.state_dir / "run" / f"phone-{ext}.restarts"
+
     # -- state -----------------------------------------------------------------------------
 
     def asterisk_pid(self) -> int | None:
@@ -184,15 +198,31 @@ class Lab:
         return pid if lab_process(pid, "asterisk") else None
 
     def phone_pid(self, ext: int) -> int | None:
+        """The phone's baresip, while it runs (None between a crash and its restart)."""
+        leader = self.supervisor_pid(ext)
         pid = read_pid(self._pidfile(f"phone-{ext}"))
-        return pid if lab_process(pid, "baresip") else None
+        return pid if leader is not None and lab_process(pid, "baresip", session=leader) else None
+
+    def supervisor_pid(self, ext: int) -> int | None:
+        """The shell that runs a phone and restarts it when it dies (its session leader)."""
+        pid = read_pid(self._pidfile(f"phone-{ext}.supervisor"))
+        return pid if lab_process(pid, SUPERVISOR) else None
+
+    def phone_restarts(self, ext: int) -> list[str]:
+        """One `<UTC time> <exit status>` per restart of the phone since the lab came up
+        (status 139: killed by SIGSEGV, 137: SIGKILL sent by someone else than the lab)."""
+        try:
+            return self._restarts_file(ext).read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     def is_built(self) -> bool:
         return is_built(self.root)
 
     def is_up(self) -> bool:
-        """Asterisk and the four phones run (registration is checked by `up`, not here)."""
-        return self.asterisk_pid() is not None and all(self.phone_pid(e) for e in PHONES)
+        """Asterisk and the four phones' supervisors run (a phone being restarted counts;
+        registration is checked by `up`, not here)."""
+        return self.asterisk_pid() is not None and all(self.supervisor_pid(e) for e in PHONES)
 
     def status(self) -> LabStatus:
         asterisk = self.asterisk_pid()
@@ -212,6 +242,7 @@ class Lab:
             built=self.is_built(),
             asterisk_pid=asterisk,
             phone_pids={ext: self.phone_pid(ext) for ext in PHONES},
+            phone_restarts={ext: len(self.phone_restarts(ext)) for ext in PHONES},
             ami_address=self.ami_address,
             ami_ok=ami_ok,
             extension_states=states,
@@ -244,7 +275,7 @@ class Lab:
             if self.is_up():
                 return False
             if self.asterisk_pid() is None:
-                leftovers = chrooted_in(self.root)
+                leftovers = supervisors_of(self.root) + chrooted_in(self.root)
                 if leftovers:
                     self.log(f"stopping left-over lab processes {leftovers}")
                     kill_all(leftovers)
@@ -253,9 +284,12 @@ class Lab:
                 self._write_config()
                 self.timings["config"] = time.monotonic() - t
                 self._start_asterisk(timeout)
+                for ext in PHONES:
+                    self._restarts_file(ext).unlink(missing_ok=True)
             t = time.monotonic()
-            missing = [ext for ext in PHONES if self.phone_pid(ext) is None]
+            missing = [ext for ext in PHONES if self.supervisor_pid(ext) is None]
             for ext in missing:
+                self._stop_phone(ext, signal.SIGTERM)  # one not supervised (older cloudpbx)
                 self._spawn_phone(ext)
             self.wait_registered(PHONES, timeout=timeout)
             self.timings["phones"] = time.monotonic() - t
@@ -274,17 +308,13 @@ class Lab:
             self.close()
             stopped: list[int] = []
             for ext in PHONES:
-                pid = self.phone_pid(ext)
-                if pid is not None:
-                    stop(pid, timeout=10.0)
-                    stopped.append(pid)
-                self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+                stopped += self._stop_phone(ext, signal.SIGTERM)
             pid = self.asterisk_pid()
             if pid is not None:
                 stop(pid, timeout=20.0)
                 stopped.append(pid)
             self._pidfile("asterisk").unlink(missing_ok=True)
-            leftovers = chrooted_in(self.root)
+            leftovers = supervisors_of(self.root) + chrooted_in(self.root)
             if leftovers:
                 self.log(f"stopping left-over lab processes {leftovers}")
                 kill_all(leftovers)
@@ -307,7 +337,7 @@ class Lab:
             if pid is not None:
                 stop(pid, timeout=20.0)
             self._start_asterisk(timeout)
-            running = [ext for ext in PHONES if self.phone_pid(ext) is not None]
+            running = [ext for ext in PHONES if self.supervisor_pid(ext) is not None]
             # Contacts come back from astdb; qualify them now rather than within 15 s.
             with self.ami(events=False) as ami:
                 for ext in running:
@@ -324,8 +354,13 @@ class Lab:
         """
         if ext not in PHONES:
             raise ValueError(f"no phone runs for {ext} (phones: {PHONES})")
+        pid = self.phone_pid(ext)
+        if ext in self._phones and self._phone_owner.get(ext) != pid:
+            # The phone was restarted since: that connection went with the old process.
+            self._phones.pop(ext).close()
         if ext not in self._phones:
             self._phones[ext] = Phone(ext, self.settings.host, phone_ctrl_port(ext))
+            self._phone_owner[ext] = pid
         phone = self._phones[ext]
         phone.connect()
         return phone
@@ -333,20 +368,44 @@ class Lab:
     def stop_phone(self, ext: int) -> None:
         """Stop a phone cleanly (it un-REGISTERs: ExtensionStatus 4 Unavailable)."""
         with self._locked():
-            phone = self._phones.pop(ext, None)
-            if phone is not None:
-                phone.close()
-            pid = self.phone_pid(ext)
+            self._stop_phone(ext, signal.SIGTERM)
+
+    def kill_phone(self, ext: int) -> None:
+        """SIGKILL a phone and its supervisor: no un-REGISTER and no restart, so Asterisk
+        notices only by qualify (~17 s). `start_phone` brings it back."""
+        with self._locked():
+            self._stop_phone(ext, signal.SIGKILL)
+
+    def _stop_phone(self, ext: int, sig: int) -> list[int]:
+        """Stop the phone's session (supervisor and baresip); the pids that were stopped."""
+        phone = self._phones.pop(ext, None)
+        if phone is not None:
+            phone.close()
+        stopped = []
+        for pid in (self.supervisor_pid(ext), self._stray_phone(ext)):
             if pid is not None:
-                stop(pid, timeout=10.0)
-            self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+                stop(pid, timeout=10.0, sig=sig)
+                stopped.append(pid)
+        self._pidfile(f"phone-{ext}").unlink(missing_ok=True)
+        self._pidfile(f"phone-{ext}.supervisor").unlink(missing_ok=True)
+        return stopped
+
+    def _stray_phone(self, ext: int) -> int | None:
+        """A baresip named by the pid file but not under a supervisor (a lab started by an
+        older cloudpbx, or a supervisor killed by hand)."""
+        pid = read_pid(self._pidfile(f"phone-{ext}"))
+        info = proc_info(pid) if pid is not None else None
+        if info is None or self.supervisor_pid(ext) is not None:
+            return None
+        return pid if lab_process(pid, "baresip", session=info.session) else None
 
     def start_phone(self, ext: int, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start a phone (if not running); with `wait`, until Asterisk shows it registered."""
         if ext not in PHONES:
             raise ValueError(f"no phone for {ext} (phones: {PHONES})")
         with self._locked():
-            if self.phone_pid(ext) is None:
+            if self.supervisor_pid(ext) is None:
+                self._stop_phone(ext, signal.SIGTERM)
                 self._spawn_phone(ext)
             if wait:
                 self.wait_registered([ext], timeout=timeout)
@@ -370,7 +429,7 @@ class Lab:
                         f"(see {self.phone_log(int(wanted[0]))})"
                     )
                 for ext in wanted:
-                    if self.phone_pid(int(ext)) is None:
+                    if self.supervisor_pid(int(ext)) is None:
                         raise LabError(f"phone {ext} exited: see {self.phone_log(int(ext))}")
                 time.sleep(0.05)
 
@@ -379,6 +438,7 @@ class Lab:
         for phone in self._phones.values():
             phone.close()
         self._phones.clear()
+        self._phone_owner.clear()
 
     # -- AMI -----------------------------------------------------------------------------
 
@@ -464,6 +524,7 @@ class Lab:
             for name, text in templates.phone_files(self.settings, ext).items():
                 (folder / name).write_text(text)
         self._synthesize_speech()
+        self._synthesize_music()
 
     def _synthesize_speech(self) -> None:
         """`<ext>.wav` for each phone: its sentence, 8 kHz mono 16-bit, looped to 300 s."""
@@ -484,6 +545,19 @@ class Lab:
             if done.returncode != 0 or not wav.exists():
                 raise LabError(f"speech synthesis for {ext} failed:\n{done.stdout}")
             stamp.write_text(want)
+
+    def _synthesize_music(self) -> None:
+        """The `default` music-on-hold class: 20 s of a slow two-tone chime, 8 kHz wav."""
+        wav = self._host(f"{MOH_DIR}/chime.wav")
+        if wav.exists():
+            return
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", f"{MOH_DIR}/chime.wav"]
+        argv += ["synth", "1", "sine", "523", "sine", "659", "fade", "0.05", "1", "0.4"]
+        argv += ["vol", "0.3", "repeat", "19"]
+        done = run_in_chroot(self.root, argv, timeout=60)
+        if done.returncode != 0 or not wav.exists():
+            raise LabError(f"music on hold synthesis failed:\n{done.stdout}")
 
     def _start_asterisk(self, timeout: float) -> None:
         t = time.monotonic()
@@ -520,8 +594,11 @@ class Lab:
             pidfile=self._pidfile(f"phone-{ext}"),
             logfile=self.phone_log(ext),
             resolv_conf=self.state_dir / "resolv.conf",
+            supervise=Supervision(
+                self._pidfile(f"phone-{ext}.supervisor"), self._restarts_file(ext)
+            ),
         )
-        self.log(f"phone {ext} started (pid {pid})")
+        self.log(f"phone {ext} started (pid {pid}, restarted by the lab if it dies)")
 
     def _save_state(self) -> None:
         s = self.settings

@@ -37,6 +37,13 @@ CHROOT_ENV: Mapping[str, str] = {
 
 def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> str:
     """The `sh -c` body: mounts inside the new namespace, then `exec chroot ROOT "$@"`."""
+    lines = _mount_lines(root, resolv_conf, pidfile)
+    lines.append(f'exec chroot {_quote(str(root))} "$@"')
+    return "\n".join(lines)
+
+
+def _mount_lines(root: Path, resolv_conf: Path | None, pidfile: Path | None) -> list[str]:
+    """Write the shell's pid (the session leader's), mount /proc, /dev, resolv.conf."""
     r = _quote(str(root))
     lines = ["set -e"]
     if pidfile is not None:
@@ -47,8 +54,41 @@ def _namespace_script(root: Path, resolv_conf: Path | None, pidfile: Path | None
     ]
     if resolv_conf is not None:
         lines.append(f"mount --bind {_quote(str(resolv_conf))} {r}/etc/resolv.conf")
-    lines.append(f'exec chroot {r} "$@"')
-    return "\n".join(lines)
+    return lines
+
+
+def _supervisor_script(
+    root: Path, resolv_conf: Path | None, leader_pidfile: Path, pidfile: Path, restarts: Path
+) -> str:
+    """Like `_namespace_script`, but the shell stays as the program's supervisor.
+
+    It starts the program, writes its pid to `pidfile`, and when the program ends without
+    being asked to (a crash, a stray signal) appends `<UTC time> <exit status>` to
+    `restarts`, says so on stderr (the program's log) and starts it again a second later.
+    SIGTERM to the supervisor (or to the session) stops both for good; SIGKILL to the
+    session kills both without a restart (a phone that vanishes without a word).
+    """
+    mounts = _mount_lines(root, resolv_conf, leader_pidfile)
+    r, pid, log = _quote(str(root)), _quote(str(pidfile)), _quote(str(restarts))
+    return "\n".join(
+        [
+            *mounts,
+            "set +e",
+            "child= stopping=",
+            'trap \'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null\' TERM INT HUP',
+            "while :; do",
+            f'  chroot {r} "$@" &',
+            "  child=$!",
+            f"  echo $child > {pid}",
+            '  while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || break; done',
+            '  [ -n "$stopping" ] && exit 0',
+            f'  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $rc" >> {log}',
+            '  echo "cloudpbx lab: $1 exited with status $rc; restarting it" >&2',
+            "  sleep 1",
+            '  [ -n "$stopping" ] && exit 0',
+            "done",
+        ]
+    )
 
 
 def _quote(text: str) -> str:
@@ -91,6 +131,14 @@ def run_in_chroot(
     )
 
 
+@dataclass(frozen=True)
+class Supervision:
+    """Where a supervised program's supervisor keeps its pid and its restart log."""
+
+    leader_pidfile: Path
+    restarts: Path
+
+
 def spawn_in_chroot(
     root: Path,
     argv: Sequence[str],
@@ -99,17 +147,26 @@ def spawn_in_chroot(
     logfile: Path,
     resolv_conf: Path | None = None,
     timeout: float = 10.0,
+    supervise: Supervision | None = None,
 ) -> int:
     """Start a long-running program in the chroot, detached; returns its pid.
 
-    The pid is the program's own (sh writes `$$` and then `exec`s into unshare's child
-    chain: unshare, sh and chroot all exec, none forks); this returns once that pid runs
-    the program itself (no longer sh or chroot).
+    Unsupervised, the pid is the program's own and it leads its session (sh writes `$$`
+    and then `exec`s into unshare's child chain: unshare, sh and chroot all exec, none
+    forks). Supervised, the session leader is the supervising shell (its pid in
+    `supervise.leader_pidfile`) and the program is its child. This returns once `pidfile`
+    names a process running the program itself (no longer sh or chroot).
     """
     program = os.path.basename(argv[0])
     _prepare(root, resolv_conf)
     pidfile.unlink(missing_ok=True)
-    script = _namespace_script(root, resolv_conf, pidfile)
+    if supervise is None:
+        script = _namespace_script(root, resolv_conf, pidfile)
+    else:
+        supervise.leader_pidfile.unlink(missing_ok=True)
+        script = _supervisor_script(
+            root, resolv_conf, supervise.leader_pidfile, pidfile, supervise.restarts
+        )
     cmd = [
         "setsid",
         "-f",
@@ -140,10 +197,11 @@ def spawn_in_chroot(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = read_pid(pidfile)
-        if pid is not None:
-            if lab_process(pid, program):
+        leader = pid if supervise is None else read_pid(supervise.leader_pidfile)
+        if pid is not None and leader is not None:
+            if lab_process(pid, program, session=leader):
                 return pid
-            if not alive(pid):
+            if not alive(pid) and supervise is None:
                 break
         time.sleep(0.005)
     raise LabProcessError(f"{argv[0]} did not start: see {logfile}")
@@ -191,12 +249,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-def lab_process(pid: int | None, program: str) -> bool:
-    """The pid is one of ours: alive, a session leader (setsid), running `program`."""
+def lab_process(pid: int | None, program: str, *, session: int | None = None) -> bool:
+    """The pid is one of ours: alive, in `session` (default: leading its own session, as
+    `setsid` makes it), running `program`."""
     if pid is None:
         return False
     info = proc_info(pid)
-    if info is None or info.session != pid or not alive(pid):
+    if info is None or info.session != (pid if session is None else session) or not alive(pid):
         return False
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
@@ -231,6 +290,21 @@ def chrooted_in(root: Path) -> list[int]:
         except OSError:
             continue
         if link.removesuffix(" (deleted)") == target and alive(pid):
+            found.append(pid)
+    return found
+
+
+def supervisors_of(root: Path) -> list[int]:
+    """Live supervising shells of programs in `root` (not chrooted themselves, so
+    `chrooted_in` misses them): found by the `chroot ROOT` line of their script."""
+    marker = f"chroot {_quote(os.path.realpath(root))} ".encode()
+    found = []
+    for pid in all_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"/bin/sh\0-c\0") and marker in cmdline and alive(pid):
             found.append(pid)
     return found
 

@@ -37,6 +37,8 @@ SUITE = "sid"
 
 STATE_DIR = "/var/lib/cloudpbx-lab"
 """Inside the chroot: lab state (pid files, logs, phone configs, audio)."""
+MOH_DIR = f"{STATE_DIR}/moh"
+"""Inside the chroot: the files of the `default` music-on-hold class (synthesised tones)."""
 RECORDINGS_DIR = "/var/spool/asterisk/monitor"
 """Inside the chroot: where MixMonitor writes `<uniqueid>.wav`."""
 

@@ -14,6 +14,7 @@ from cloudpbx.lab.settings import (
     CONFERENCE_EXTEN,
     ECHO_EXTEN,
     EXTENSIONS,
+    MOH_DIR,
     QUEUE,
     QUEUE_EXTEN,
     QUEUE_MEMBERS,
@@ -101,6 +102,7 @@ def asterisk_files(s: LabSettings) -> dict[str, str]:
         "cdr.conf": _cdr(),
         "cdr_manager.conf": HEADER + "[general]\nenabled=yes\n",
         "logger.conf": _logger(),
+        "musiconhold.conf": _musiconhold(),
     }
 
 
@@ -288,6 +290,12 @@ accountlogs=yes
     )
 
 
+def _musiconhold() -> str:
+    """A `default` class, as every real PBX has: without one Asterisk plays nothing to a
+    held party and logs `Music class default requested but no musiconhold loaded`."""
+    return HEADER + f"[general]\n\n[default]\nmode=files\ndirectory={MOH_DIR}\n"
+
+
 def _logger() -> str:
     return (
         HEADER
@@ -299,6 +307,18 @@ dateformat=%F %T.%3q
 messages.log => notice,warning,error,verbose(3)
 """
     )
+
+
+PLAYER_SINK = "lab-sink"
+"""The phones' audio player: an aubridge device that no audio source ever joins.
+
+baresip 1.1.0's `aufile` player starts a thread that sets its own `run` flag; when the
+player is replaced before that thread first runs (every SDP update: answer, hold, resume;
+likelier on a loaded machine) the destructor skips the join, frees the state, and the
+thread then calls a NULL write handler (`segfault at 0 ip 0`). aubridge starts its thread
+only when a source joins the same device, so this player never has one: what a phone hears
+is discarded (Asterisk's MixMonitor records both sides anyway).
+"""
 
 
 def phone_dir(ext: int) -> str:
@@ -319,9 +339,9 @@ net_interface		{s.host}
 call_local_timeout	120
 call_max_calls		1
 
-audio_player		aufile,{folder}/rx.wav
+audio_player		aubridge,{PLAYER_SINK}
 audio_source		aufile,{folder}/{ext}.wav
-audio_alert		aufile,{folder}/alert.wav
+audio_alert		aubridge,{PLAYER_SINK}
 ausrc_srate		8000
 auplay_srate		8000
 ausrc_channels		1
@@ -338,6 +358,7 @@ rtp_stats		no
 module_path		/usr/lib/baresip/modules
 module			g711.so
 module			aufile.so
+module			aubridge.so
 module_app		account.so
 module_app		menu.so
 module_app		ctrl_tcp.so
