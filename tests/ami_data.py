@@ -30,7 +30,7 @@ LAB_SCENARIOS = (
 )
 """Recorded later with `cloudpbx lab record` (same format; uniqueids start 17964...): hold
 from either side, a busy callee, a registration lost without un-REGISTER. The translator's
-hand-written expectations cover `SCENARIOS`; the generic checks run on both."""
+hand-written expectations and the generic checks cover both lists (`ALL_SCENARIOS`)."""
 ALL_SCENARIOS = SCENARIOS + LAB_SCENARIOS
 
 
