@@ -145,6 +145,10 @@ async def api(lab: Lab, data: Path, tenants: Tenants, *, fresh: bool = True) -> 
 
     async with running(settings, prepare=prepare) as server:
         assert await server.runtime.backends[0].wait_connected(10.0)
+        # The first resync is published; stored and delivered it is only after the hub's
+        # next group commit. Commit it now, so that the client joins after the PBX's
+        # initial state and sees only what the test does.
+        assert await server.runtime.hub.flush()
         url = f"{server.ws_url}/ws/pbx_{PBX}?pbxkey={tenants.a_key}"
         async with connect(url, proxy=None) as ws, server.client(tenants.a_key) as client:
             handle = Api(server, tenants, client)
