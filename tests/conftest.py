@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from cloudpbx.runtime import Runtime
-from tests.live import LiveServer, make_settings, start_server
+from tests.live import LiveServer, make_settings, running, start_server
 
 pytest_plugins = (
     "tests.lab_fixtures",  # the Asterisk lab, one per test session
@@ -84,3 +84,16 @@ async def live(tmp_path: Path) -> AsyncIterator[tuple[LiveServer, Tenants]]:
         yield server, tenants
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def pinging(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[LiveServer, Tenants]]:
+    """A server whose keep-alive pings every 0.2 s and gives up after 0.4 s without a pong."""
+    tenants = Tenants()
+    settings = make_settings(
+        tmp_path_factory.mktemp("ping"), ws_ping_interval=0.2, ws_ping_timeout=0.4
+    )
+    async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
+        yield server, tenants

@@ -572,18 +572,6 @@ async def test_raw_handshake_refusal_is_a_plain_http_answer(live) -> None:
 # ---------------------------------------------------------------------- pings
 
 
-@pytest.fixture(scope="module")
-async def pinging(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[LiveServer, Tenants]]:
-    tenants = Tenants()
-    settings = make_settings(
-        tmp_path_factory.mktemp("ping"), ws_ping_interval=0.2, ws_ping_timeout=0.4
-    )
-    async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
-        yield server, tenants
-
-
 async def test_server_pings_and_a_ponging_client_stays(pinging) -> None:
     server, tenants = pinging
     async with raw_ws(server, a_path(tenants)) as (reader, writer, head):

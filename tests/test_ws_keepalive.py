@@ -165,16 +165,6 @@ async def test_with_bundling_the_same_client_loses_all_but_the_last_type(tmp_pat
 # ---------------------------------------------------------- closes name the resume id
 
 
-@pytest.fixture(scope="module")
-async def pinging(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tenants = Tenants()
-    settings = make_settings(
-        tmp_path_factory.mktemp("keepalive"), ws_ping_interval=0.2, ws_ping_timeout=0.4
-    )
-    async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
-        yield server, tenants
-
-
 async def test_a_client_that_stops_answering_gets_1011_naming_its_resume_id(pinging) -> None:
     server, tenants = pinging
     async with raw_ws(server, a_path(tenants)) as (reader, _writer, head):
