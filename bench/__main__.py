@@ -87,38 +87,22 @@ async def main(args: argparse.Namespace) -> Report:
     if "cdr" in suites:
         await quiet("cdr")
         await cdr.run(report, quick=args.quick, loop=args.loop)
+    ws_args = {
+        "loop": args.loop,
+        "procs": args.ws_procs,
+        "compression": compression,
+        "client": args.ws_client,
+    }
     if "fanout" in suites:
         await quiet("fanout")
-        await fanout.run(
-            report,
-            quick=args.quick,
-            loop=args.loop,
-            procs=args.ws_procs,
-            compression=compression,
-            client=args.ws_client,
-            profile=args.profile,
-        )
+        await fanout.run(report, quick=args.quick, profile=args.profile, **ws_args)
     if "memory" in suites:
         await quiet("memory")
-        await memory.run(
-            report,
-            loop=args.loop,
-            procs=args.ws_procs,
-            compression=compression,
-            client=args.ws_client,
-            profile=args.profile,
-        )
+        await memory.run(report, profile=args.profile, **ws_args)
     for name, module in (("keepalive", keepalive), ("storefirst", storefirst)):
         if name in suites:
             await quiet(name)
-            await module.run(
-                report,
-                quick=args.quick,
-                loop=args.loop,
-                procs=args.ws_procs,
-                compression=compression,
-                client=args.ws_client,
-            )
+            await module.run(report, quick=args.quick, **ws_args)
     if "transcription" in suites:
         await quiet("transcription")
         await transcription.run(report, quick=args.quick)
