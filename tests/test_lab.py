@@ -208,6 +208,9 @@ def test_a_crashed_phone_is_restarted_and_reported(lab: Lab) -> None:
     callee.drain()
     assert caller.dial(103)["ok"] is True
     callee.wait_event("CALL_ESTABLISHED", 15)
+    # Hang up only once the caller has the answer too: a hang-up while its INVITE is
+    # still pending is a CANCEL that can cross Asterisk's 200 OK and leave 103 in the call.
+    caller.wait_event("CALL_ESTABLISHED", 15)
     caller.hangup()
     callee.wait_event("CALL_CLOSED", 15)
 
