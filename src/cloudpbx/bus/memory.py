@@ -10,7 +10,7 @@ from its last id out of the history.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from cloudpbx.ports.bus import SubscriberOverflow, WireMessage
 
@@ -109,6 +109,10 @@ class MemoryBus:
     def publish_nowait(self, channel: str, message: WireMessage) -> None:
         for subscription in tuple(self._channels.get(channel, ())):
             subscription.push(message)
+
+    def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
+        for message in messages:
+            self.publish_nowait(channel, message)
 
     def subscribe(self, channel: str, max_buffered: int) -> MemorySubscription:
         subscription = MemorySubscription(self, channel, max_buffered)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +47,12 @@ class EventBus(Protocol):
     """Fan-out of wire messages; never blocks the publisher on a slow subscriber."""
 
     async def publish(self, channel: str, message: WireMessage) -> None: ...
+
+    def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
+        """Fan a committed batch of one channel out to this process's subscribers, in
+        order, without waiting: the one path every local delivery takes (the hub's group
+        commit, and a cross-process engine's reader)."""
+        ...
 
     def subscribe(self, channel: str, max_buffered: int) -> Subscription: ...
 

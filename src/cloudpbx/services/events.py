@@ -271,9 +271,9 @@ class EventHub:
     async def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
         """Stored messages join the history and go to the bus, in id order."""
         channel = self._channels[pbx_id]
-        for _, message in stored:
-            channel.history.append(message)
-            await self._bus.publish(channel.name, message)
+        messages = [message for _, message in stored]
+        channel.history.extend(messages)
+        self._bus.publish_batch(channel.name, messages)
 
     async def _prune_if_due(self) -> None:
         if self._flushed_since_prune < max(1, self._history_size // 10):
