@@ -85,7 +85,7 @@ def publish_before_storing(hub: EventHub) -> None:
     async def publish_first(tenant: Tenant, events: Sequence[Event]) -> list[WireMessage]:
         messages = await publish(tenant, events)
         for message in messages:
-            await hub.bus.publish(channel_name(tenant.name), message)
+            hub.bus.publish_batch(channel_name(tenant.name), [message])
         return messages
 
     async def stored_only(pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:

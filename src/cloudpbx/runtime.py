@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.adapters.smsapi import CallbackSigner, SmsapiGateway
+from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
@@ -141,7 +142,7 @@ def build_runtime(settings: Settings) -> Runtime:
     tenants = TenantStore(engine)
     calls = CallStore(engine)
     sms_store = SmsStore(engine)
-    bus = MemoryBus()
+    bus = MemoryBus(frame=text_frame)
     hub = EventHub(
         tenants,
         EventStore(engine),

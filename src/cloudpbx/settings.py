@@ -97,7 +97,15 @@ class Settings(BaseSettings):
     summary_prompt: str = Field("", description="System prompt; '' = the documented default")
     summary_timeout: float = Field(120.0, gt=0, description="Seconds one request may take")
     ws_history_size: int = Field(10_000, ge=1, description="Messages kept per PBX for resume")
-    ws_buffer_size: int = Field(1_000, ge=1, description="Messages queued per connection")
+    ws_buffer_size: int = Field(
+        1_000,
+        ge=1,
+        description="Messages a connection may fall behind (kept while it resumes); "
+        "with ws_buffer_bytes unset, also sets its write limit to this many KiB",
+    )
+    ws_buffer_bytes: int | None = Field(
+        None, ge=1, description="Unsent bytes past which a client is too slow (4008)"
+    )
     ws_ping_interval: float = Field(
         2.5, gt=0, description="Seconds a connection may go without data before a ping"
     )
