@@ -371,6 +371,16 @@ async def test_a_pbx_never_sees_another_pbxs_events(live) -> None:
     assert first_b["text"] == {"extstatus": {"exten": "200", "status": 8}}
 
 
+async def test_permessage_deflate_offered_is_declined(live) -> None:
+    """Browsers offer it; the 101 comes without it and messages are plain text frames."""
+    server, tenants = live
+    async with ws_connect(server, a_path(tenants), compression="deflate") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        [sent] = await publish(server, tenants.a_name, [ext(1)])
+        assert (await recv_json(ws))["id"] == sent.id
+
+
 async def test_client_messages_are_ignored(live) -> None:
     server, tenants = live
     async with ws_connect(server, a_path(tenants)) as ws:

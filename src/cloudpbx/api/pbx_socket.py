@@ -42,6 +42,7 @@ from wsproto.utilities import RemoteProtocolError
 from cloudpbx.api.keepalive import ABORT_AFTER, KeepAlive, resume_reason
 from cloudpbx.api.wsframe import (
     EMPTY_PONG,
+    MAX_CLIENT_FRAME,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
@@ -320,6 +321,8 @@ class PbxSocket(asyncio.Protocol):
         assert handshake is not None
         if self._task is not None:
             self._inbox += data  # frames sent before our answer: read after the accept
+            if len(self._inbox) > MAX_CLIENT_FRAME:
+                self.transport.abort()  # a client with that much to say before a 101
             return
         handshake.receive_data(data)
         try:
