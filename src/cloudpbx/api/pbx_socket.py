@@ -28,11 +28,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import (
+    get_client_addr,
+    get_local_addr,
+    get_path_with_query_string,
+    get_remote_addr,
+    is_ssl,
+)
 from uvicorn.server import ServerState
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
@@ -56,6 +62,9 @@ from cloudpbx.api.wsframe import (
 from cloudpbx.ports.bus import EventBus, FramedBatch, WireMessage
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("uvicorn.error")
+"""uvicorn's own WebSocket lines ('"WebSocket /ws/pbx_X?pbxkey=[redacted]" [accepted]'):
+operators keep them, through the key redaction of api/redaction.py."""
 
 SOCKET_EXTENSION = "cloudpbx.socket"
 """ASGI scope extension: the `PbxSocket` of the connection, for api/ws.py."""
@@ -128,8 +137,7 @@ class PbxSocket(asyncio.Protocol):
     # -- asyncio ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server_state.connections.add(self)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -368,8 +376,11 @@ class PbxSocket(asyncio.Protocol):
             await asyncio.Future()  # nothing more to say before the decision
             raise AssertionError("unreachable")
 
+        async def send(message: dict[str, Any]) -> None:
+            self._answer(scope, message)
+
         try:
-            await self._config.loaded_app(scope, receive, self._asgi_send)
+            await self._config.loaded_app(scope, receive, send)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -380,13 +391,22 @@ class PbxSocket(asyncio.Protocol):
             if self._handshake is not None and not self.transport.is_closing():
                 self.transport.close()  # the app decided nothing: no answer is an answer
 
-    async def _asgi_send(self, message: dict[str, Any]) -> None:
+    def _answer(self, scope: dict[str, Any], message: dict[str, Any]) -> None:
+        """The app's answer to the upgrade: written at once (the transport buffers it)."""
         handshake = self._handshake
         kind = message["type"]
         if handshake is None:
             raise RuntimeError(f"unexpected {kind!r} after the handshake")
         if self.transport.is_closing():
             return  # the client left while we decided; connection_lost ends the task
+        if kind in ("websocket.accept", "websocket.close", "websocket.http.response.start"):
+            status = {"websocket.accept": "[accepted]", "websocket.close": "403"}
+            access_log.info(
+                '%s - "WebSocket %s" %s',
+                get_client_addr(scope),  # type: ignore[arg-type]
+                get_path_with_query_string(scope),  # type: ignore[arg-type]
+                status.get(kind) or message["status"],
+            )
         if kind == "websocket.accept":
             headers = self._server_state.default_headers + list(message.get("headers", []))
             accept = AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers)
