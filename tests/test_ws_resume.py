@@ -423,8 +423,10 @@ async def test_a_backlog_larger_than_the_write_limit_is_paced_not_cut_off(tmp_pa
     settings = make_settings(tmp_path, ws_buffer_size=50)  # 50 KiB write limit
     async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
         backlog: list[int] = []
-        for n in range(100):  # ~20 MB: far more than the limit and the socket buffers
-            event = ConferenceMember(f"SIP/x-{n}", "add", "Sala", "z" * 200_000, str(n))
+        # ~24 MB: far more than the limit and the socket buffers; each message bigger than
+        # what the kernel takes at once, so every write leaves the transport over the limit.
+        for n in range(12):
+            event = ConferenceMember(f"SIP/x-{n}", "add", "Sala", "z" * 2_000_000, str(n))
             backlog += [m.id for m in await publish(server, tenants.a_name, [event])]
         resume = a_path(tenants, f"last_event_id={backlog[0] - 1}")
         async with ws_connect(server, resume, max_size=None, max_queue=1) as ws:
@@ -433,5 +435,8 @@ async def test_a_backlog_larger_than_the_write_limit_is_paced_not_cut_off(tmp_pa
             got: list[int] = []
             while len(got) < len(backlog) + len(live_ids):
                 got.append((await recv_json(ws, 5))["id"])
-                await asyncio.sleep(0.001)  # a slow reader
+                await asyncio.sleep(0.1)  # a slow reader: ~20 MB/s
+            assert server.runtime.bus.subscriber_count(f"pbx_{tenants.a_name}") == 1  # live
+            [later] = await publish_ext(server, tenants.a_name, 1)
+            assert (await recv_json(ws))["id"] == later
         assert got == backlog + live_ids

@@ -229,18 +229,15 @@ class PbxSocket(asyncio.Protocol):
         self.last_sent = _now()
         self.keepalive.add(self)
         for message in backlog:
-            while self._paused and not (self._closing or self._overflowed):
-                self._drained = asyncio.get_running_loop().create_future()
-                await self._drained
-            if self._closing:
-                return
-            if self._overflowed:
+            if not await self._writable():
                 break
             if message.id > sent:
                 self.transport.write(text_frame(message.data))
                 self.resume_id = sent = message.id
-        if self._overflowed:
-            self._too_slow()
+        # Drained below the limit before going live, where being over it means too slow.
+        if not await self._writable():
+            if not self._closing:
+                self._too_slow()
             return
         pending, self._pending = self._pending or [], None
         for batch in pending:
@@ -250,6 +247,14 @@ class PbxSocket(asyncio.Protocol):
             self._too_slow()
 
     # -- internals --------------------------------------------------------------------
+
+    async def _writable(self) -> bool:
+        """Wait until the transport takes more (the backlog's flow control); False once
+        the connection closes or fell too far behind meanwhile."""
+        while self._paused and not (self._closing or self._overflowed):
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        return not (self._closing or self._overflowed)
 
     def _write_newer(self, batch: FramedBatch) -> None:
         """The frames of `batch` the client does not have yet (after a resume overlap)."""
