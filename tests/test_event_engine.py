@@ -262,3 +262,41 @@ async def test_engine_killed_and_restarted_loses_and_repeats_nothing(
                 await ws.close()
         assert sorted(tags(streams[0])) == sorted(f"e{n}" for n in range(60))
         assert streams[1] == streams[0]
+
+
+async def test_a_stalled_engine_delays_but_loses_and_repeats_nothing(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """The engine stops answering (SIGSTOP) for longer than the client's pings allow; the
+    servers reconnect once it answers again, clients stay connected, and every event that
+    was published meanwhile arrives once, in order, on both servers."""
+    async with private_nats(tmp_path / "nats") as engine, servers(
+        tmp_path, pg_database, engine.url, "EVENTS", 2, event_engine_timeout=0.5
+    ) as (live, tenants):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        clients = [await connect(ws_url(server, tenants), proxy=None) for server in live]
+        streams: list[dict[int, str]] = [{}, {}]
+        readers = [
+            asyncio.create_task(read_until(ws, lambda s=seen: len(s) == 40, seen))
+            for ws, seen in zip(clients, streams, strict=True)
+        ]
+        try:
+            for n in range(40):
+                await live[n % 2].runtime.hub.publish(tenant, tagged(f"t{n}"))
+                await asyncio.sleep(0.01)
+                if n == 20:
+                    engine.pause()
+                    await asyncio.sleep(6)  # past 2 missed pings at 2 s: a stale link
+                    async with live[0].client() as client:
+                        health = (await client.get("/healthz")).json()
+                    engine.resume()
+                    assert health["status"] == "degraded"
+                    assert health["event_engine"].startswith("error")
+            await asyncio.wait_for(asyncio.gather(*readers), 30)
+        finally:
+            for task in readers:
+                task.cancel()
+            for ws in clients:
+                await ws.close()
+        assert sorted(tags(streams[0])) == sorted(f"t{n}" for n in range(40))
+        assert streams[1] == streams[0]
