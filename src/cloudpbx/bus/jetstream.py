@@ -133,6 +133,7 @@ class JetStreamEngine:
         self._js: JetStreamContext | None = None
         self._followers: set[JetStreamFollower] = set()
         self._problem = "not started"
+        self._closing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -179,6 +180,8 @@ class JetStreamEngine:
         self._problem = ""
 
     async def _on_disconnect(self) -> None:
+        if self._closing:
+            return
         self._problem = "disconnected"
         log.warning("event engine: disconnected, reconnecting")
 
@@ -273,6 +276,7 @@ class JetStreamEngine:
         return "ok"
 
     async def close(self) -> None:
+        self._closing = True
         for follower in list(self._followers):
             follower.stop()
         if self._nc is not None:

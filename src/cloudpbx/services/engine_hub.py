@@ -3,8 +3,9 @@
 Publishing: `publish` queues the texts; a sender hands everything queued to the engine in
 one pipelined round (each message keyed, so a retry after a timeout is never a second
 copy). The engine's ack makes a message durable and gives it its id; nothing is delivered
-by the publishing process itself. Then the acknowledged messages are archived in the
-database (in the background of delivery: a failed archive is retried, not lost).
+by the publishing process itself. An archiver, beside the sender so that a slow database
+never delays delivery, then writes the acknowledged messages to the database (a failed
+write is retried, not lost).
 
 Delivery: each process keeps ONE follower per channel that has local WebSocket
 subscribers (started when a client asks for the channel's newest id or a replay, stopped
@@ -91,8 +92,10 @@ class EngineHub:
         self._readers: dict[int, _Reader] = {}
         self._starting: dict[int, asyncio.Task[_Reader]] = {}
         self._sender: asyncio.Task[None] | None = None
+        self._archiver: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._archive_lock = asyncio.Lock()
 
     @property
     def bus(self) -> EventBus:
@@ -121,18 +124,31 @@ class EngineHub:
 
     async def _send_soon(self) -> None:
         delay = 0.0
-        while self._pending or self._unarchived:
+        while self._pending:
             await asyncio.sleep(delay)  # 0: lets what is published in this tick join
-            ok = await self.flush()
+            async with self._send_lock:
+                ok = await self._send_pending()
+            if self._unarchived and (self._archiver is None or self._archiver.done()):
+                self._archiver = asyncio.create_task(self._archive_soon(), name="engine-archive")
+            delay = 0.0 if ok else min(max(delay * 2, 0.05), MAX_BACKOFF)
+
+    async def _archive_soon(self) -> None:
+        """Archiving runs beside sending: a slow database never delays delivery."""
+        delay = 0.0
+        while self._unarchived:
+            await asyncio.sleep(delay)
+            async with self._archive_lock:
+                ok = await self._archive_acknowledged()
             delay = 0.0 if ok else min(max(delay * 2, 0.05), MAX_BACKOFF)
 
     async def flush(self) -> bool:
-        """One round: send what is queued, archive what was acknowledged. False when
+        """Send what is queued and archive what was acknowledged, now. False when
         something is left for a retry."""
-        async with self._flush_lock:
+        async with self._send_lock:
             sent = await self._send_pending()
+        async with self._archive_lock:
             archived = await self._archive_acknowledged()
-            return sent and archived
+        return sent and archived
 
     async def _send_pending(self) -> bool:
         batch, self._pending = self._pending, []
@@ -241,17 +257,17 @@ class EngineHub:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        sender = self._sender
         for _ in range(CLOSE_ROUNDS):
             if not (self._pending or self._unarchived):
                 break
             await self.flush()
         if self._pending:
             log.error("event engine unreachable: %d messages never sent", len(self._pending))
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+        for task in (self._sender, self._archiver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for reader in self._readers.values():
             reader.follower.stop()
         self._readers.clear()
