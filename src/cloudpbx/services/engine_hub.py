@@ -167,7 +167,9 @@ class EngineHub:
 
     async def _archive_acknowledged(self) -> bool:
         ok = True
-        for pbx_id, messages in list(self._unarchived.items()):
+        # Taken out first: the sender appends to this dict while a write awaits.
+        batch, self._unarchived = self._unarchived, {}
+        for pbx_id, messages in batch.items():
             try:
                 await self._archive.write(pbx_id, messages)
             except IntegrityError:
@@ -175,8 +177,8 @@ class EngineHub:
             except Exception:
                 log.exception("could not archive %d messages of PBX %d", len(messages), pbx_id)
                 ok = False
+                self._unarchived[pbx_id] = messages + self._unarchived.get(pbx_id, [])
                 continue
-            del self._unarchived[pbx_id]
             await self._prune_if_due(pbx_id, len(messages))
         return ok
 
