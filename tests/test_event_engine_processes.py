@@ -69,13 +69,13 @@ def serve(data: Path, database: str, stream: str, port: int) -> subprocess.Popen
 
 async def wait_healthy(port: int) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        for _ in range(300):
+        for _ in range(600):
             with contextlib.suppress(httpx.TransportError):
                 health = (await client.get("/healthz")).json()
                 assert health.get("event_engine") == "ok", health
                 return
             await asyncio.sleep(0.1)
-    raise AssertionError(f"the server on {port} did not come up in 30 s")
+    raise AssertionError(f"the server on {port} did not come up in 60 s")
 
 
 @contextlib.asynccontextmanager
