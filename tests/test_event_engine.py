@@ -195,6 +195,28 @@ async def test_a_new_client_starts_at_the_newest_id_and_health_names_the_engine(
         assert health["status"] == "ok"
 
 
+async def test_the_channel_subscription_ends_after_the_last_local_client(
+    tmp_path: Path, pg_database: str
+) -> None:
+    async with (
+        own_stream() as stream,
+        servers(tmp_path, pg_database, NATS_URL, stream, 1) as (
+            live,
+            tenants,
+        ),
+    ):
+        async with (
+            connect(ws_url(live[0], tenants), proxy=None),
+            connect(ws_url(live[0], tenants), proxy=None),
+        ):
+            assert hub(live[0]).following() == 1
+        for _ in range(100):  # the sweep runs every 5 s
+            if hub(live[0]).following() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert hub(live[0]).following() == 0
+
+
 async def test_ids_continue_above_the_single_process_ids(tmp_path: Path, pg_database: str) -> None:
     """A database with ids handed out by the in-process hub: the engine starts above."""
     async with own_stream() as stream:
@@ -270,9 +292,13 @@ async def test_a_stalled_engine_delays_but_loses_and_repeats_nothing(
     """The engine stops answering (SIGSTOP) for longer than the client's pings allow; the
     servers reconnect once it answers again, clients stay connected, and every event that
     was published meanwhile arrives once, in order, on both servers."""
-    async with private_nats(tmp_path / "nats") as engine, servers(
-        tmp_path, pg_database, engine.url, "EVENTS", 2, event_engine_timeout=0.5
-    ) as (live, tenants):
+    async with (
+        private_nats(tmp_path / "nats") as engine,
+        servers(tmp_path, pg_database, engine.url, "EVENTS", 2, event_engine_timeout=0.5) as (
+            live,
+            tenants,
+        ),
+    ):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         clients = [await connect(ws_url(server, tenants), proxy=None) for server in live]
         streams: list[dict[int, str]] = [{}, {}]

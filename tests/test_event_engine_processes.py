@@ -107,9 +107,12 @@ async def test_three_processes_kill_9_and_resume_elsewhere(
     await runtime.migrate()
     await create_tenants(runtime, tenants)
     await runtime.engine.dispose()
-    async with own_stream() as stream, three_servers(tmp_path, own_database, stream) as (
-        procs,
-        ports,
+    async with (
+        own_stream() as stream,
+        three_servers(tmp_path, own_database, stream) as (
+            procs,
+            ports,
+        ),
     ):
 
         def url(port: int, last_id: int | None = None) -> str:
