@@ -171,6 +171,35 @@ async def test_resume_on_another_server_from_engine_and_archive(
         assert replayed == {i: seen[i] for i in ids[3:]}
 
 
+async def test_archive_is_bounded_and_an_older_resume_says_partial(
+    tmp_path: Path, pg_database: str
+) -> None:
+    async with (
+        own_stream() as stream,
+        servers(
+            tmp_path, pg_database, NATS_URL, stream, 1, event_engine_history=5, ws_history_size=10
+        ) as (live, tenants),
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        seen: dict[int, str] = {}
+        async with connect(ws_url(live[0], tenants), proxy=None) as ws:
+            for n in range(30):
+                await live[0].runtime.hub.publish(tenant, tagged(f"m{n}"))
+                await asyncio.wait_for(read_until(ws, lambda n=n: len(seen) > n, seen), 10)
+                await hub(live[0]).flush()
+        ids = list(seen)
+        async with connect(ws_url(live[0], tenants, ids[0]), proxy=None) as ws:
+            assert ws.response is not None
+            assert ws.response.headers["x-resume"] == "partial"
+            replayed: dict[int, str] = {}
+            await asyncio.wait_for(read_until(ws, lambda: ids[-1] in replayed, replayed), 10)
+        assert 10 <= len(replayed) < 29  # the archive kept its newest rows, not all 29
+        assert replayed == {i: seen[i] for i in ids[-len(replayed) :]}
+        async with connect(ws_url(live[0], tenants, ids[25]), proxy=None) as ws:
+            assert ws.response is not None
+            assert ws.response.headers["x-resume"] == "complete"
+
+
 async def test_a_new_client_starts_at_the_newest_id_and_health_names_the_engine(
     tmp_path: Path, pg_database: str
 ) -> None:

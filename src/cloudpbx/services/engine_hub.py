@@ -154,7 +154,11 @@ class EngineHub:
         batch, self._pending = self._pending, []
         if not batch:
             return True
-        ids = await self._engine.append([outgoing for _, outgoing in batch])
+        try:
+            ids = await self._engine.append([outgoing for _, outgoing in batch])
+        except Exception:
+            log.exception("event engine: publishing failed")
+            ids = [None] * len(batch)
         failed = [item for item, message_id in zip(batch, ids, strict=True) if message_id is None]
         for (tenant, outgoing), message_id in zip(batch, ids, strict=True):
             if message_id is not None:
