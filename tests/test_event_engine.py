@@ -21,12 +21,13 @@ import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
 
+from cloudpbx.bus.jetstream import EngineUnavailable, JetStreamEngine
 from cloudpbx.domain.events import SmsSendResponse
 from cloudpbx.domain.states import SmsStatus
 from cloudpbx.services.engine_hub import EngineHub, wire_data
 from cloudpbx.settings import Settings
 from tests.conftest import Tenants, create_tenants
-from tests.engine_support import NATS_URL, own_stream, private_nats, read_until
+from tests.engine_support import NATS_URL, free_port, own_stream, private_nats, read_until
 from tests.live import LiveServer, make_settings, start_server
 
 
@@ -355,3 +356,12 @@ async def test_a_stalled_engine_delays_but_loses_and_repeats_nothing(
                 await ws.close()
         assert sorted(tags(streams[0])) == sorted(f"t{n}" for n in range(40))
         assert streams[1] == streams[0]
+
+
+async def test_an_unreachable_engine_stops_the_start_with_a_clear_message() -> None:
+    url = f"nats://user:hunter2secret@127.0.0.1:{free_port()}"
+    engine = JetStreamEngine(url, "EVENTS", 10, timeout=0.2)
+    with pytest.raises(EngineUnavailable, match=r"cannot use 127\.0\.0\.1") as info:
+        await engine.start(0)
+    assert "hunter2secret" not in str(info.value)
+    await engine.close()

@@ -20,7 +20,11 @@ from cloudpbx.adapters.smsapi.config import SmsapiAccount
 class Settings(BaseSettings):
     """Every knob of the server, with the defaults of the embedded set-up."""
 
-    model_config = SettingsConfigDict(env_prefix="CLOUDPBX_", extra="forbid")
+    # hide_input_in_errors: a refused value may hold a secret (a URL with credentials, an
+    # API key); the message names the setting and the problem.
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUDPBX_", extra="forbid", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(Path("cloudpbx-data"), description="Recordings and the SQLite file")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir")

@@ -38,6 +38,12 @@ PING_INTERVAL = 2.0
 HEARTBEAT = 2.0
 """Idle heartbeat of followers: a silently lost consumer is recreated after two misses."""
 RESTART_PAUSE = 0.5
+START_PATIENCE = 5
+"""How many `timeout`s the first connection may take before the server gives up."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot be reached or has no JetStream: the server does not start."""
 
 
 class JetStreamFollower:
@@ -145,6 +151,17 @@ class JetStreamEngine:
         return f"{self._stream}.pbx.{pbx_id}"
 
     async def start(self, id_floor: int) -> None:
+        try:
+            # Bounded: with reconnection on (forever, for later outages) nats-py would
+            # retry a first connection that never works forever too.
+            await asyncio.wait_for(self._connect(), START_PATIENCE * self._timeout)
+        except Exception as exc:
+            where = self._url.rsplit("@", 1)[-1]  # never the credentials
+            raise EngineUnavailable(f"event engine: cannot use {where}: {exc!r}") from None
+        await self._ensure_stream(id_floor)
+        self._problem = ""
+
+    async def _connect(self) -> None:
         self._nc = await nats.connect(
             self._url,
             name="cloudpbx",
@@ -158,6 +175,10 @@ class JetStreamEngine:
             error_cb=self._on_error,
         )
         self._js = self._nc.jetstream(timeout=self._timeout)
+        await self._js.account_info()  # JetStream is on (a plain nats-server says no)
+
+    async def _ensure_stream(self, id_floor: int) -> None:
+        js = self.js
         config = StreamConfig(
             name=self._stream,
             subjects=[f"{self._stream}.pbx.*"],
@@ -165,19 +186,18 @@ class JetStreamEngine:
             max_msgs_per_subject=self._history,
         )
         try:
-            info = await self._js.stream_info(self._stream)
+            info = await js.stream_info(self._stream)
         except NotFoundError:
-            info = await self._js.add_stream(config)
+            info = await js.add_stream(config)
         else:
             if info.config.max_msgs_per_subject != self._history:
-                info = await self._js.update_stream(config)
+                info = await js.update_stream(config)
         last = info.state.last_seq
         if last < id_floor:
             # Empty, or older than what the database holds (ids handed out by the
             # single-process hub since): start above it. Messages dropped here are archived.
             log.info("event engine: stream %s continues after id %d", self._stream, id_floor)
-            await self._js.purge_stream(self._stream, seq=id_floor + 1)
-        self._problem = ""
+            await js.purge_stream(self._stream, seq=id_floor + 1)
 
     async def _on_disconnect(self) -> None:
         if self._closing:
