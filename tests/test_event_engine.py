@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from cloudpbx.domain.events import SmsSendResponse
 from cloudpbx.domain.states import SmsStatus
 from cloudpbx.services.engine_hub import EngineHub, wire_data
 from cloudpbx.settings import Settings
+from cloudpbx.storage.event_archive import EventArchive
 from tests.conftest import Tenants, create_tenants
 from tests.engine_support import NATS_URL, free_port, own_stream, private_nats, read_until
 from tests.live import LiveServer, make_settings, start_server
@@ -199,6 +201,35 @@ async def test_archive_is_bounded_and_an_older_resume_says_partial(
         async with connect(ws_url(live[0], tenants, ids[25]), proxy=None) as ws:
             assert ws.response is not None
             assert ws.response.headers["x-resume"] == "complete"
+
+
+async def test_what_a_killed_publisher_did_not_archive_is_archived_by_the_next_follower(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A process killed between the engine's ack and its archive write leaves messages in
+    the engine only; the next process to follow the PBX archives them."""
+    async with (
+        own_stream() as stream,
+        servers(tmp_path, pg_database, NATS_URL, stream, 1) as (
+            live,
+            tenants,
+        ),
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        nc = await nats.connect(NATS_URL)
+        try:
+            text = {"smsSendResponse": {"MsgId": "orphan", "to": "48500", "status": "SENT"}}
+            ack = await nc.jetstream().publish(f"{stream}.pbx.{tenant.id}", orjson.dumps(text))
+        finally:
+            await nc.close()
+        archive = EventArchive(live[0].runtime.engine)
+        assert await archive.after(tenant.id, 0, None) == []
+        async with connect(ws_url(live[0], tenants), proxy=None):
+            await hub(live[0]).flush()
+        archived = await archive.after(tenant.id, 0, None)
+        channel = f"pbx_{tenants.a_name}"
+        assert [m.id for m in archived] == [ack.seq]
+        assert orjson.loads(archived[0].data) == {"id": ack.seq, "channel": channel, "text": text}
 
 
 async def test_a_new_client_starts_at_the_newest_id_and_health_names_the_engine(

@@ -14,9 +14,9 @@ by a sweep once its last local subscriber left) and hands what arrives to
 of a PBX sees the same ids in the same order, whichever process it is connected to.
 
 Resume: the engine's bounded history, and before it the database archive, so a client
-can resume on any process. Known weakness: a process killed between the engine's ack and
-its archive write leaves those messages in the engine only (until they fall out of its
-history); nobody lost them, but an old enough resume would not see them.
+can resume on any process. A process killed between the engine's ack and its archive
+write leaves those messages in the engine only: the next process that starts following
+the PBX archives what the engine holds beyond the archive (writes are idempotent).
 """
 
 from __future__ import annotations
@@ -220,7 +220,28 @@ class EngineHub:
         follower = await self._engine.follow(tenant.id, after, partial(self._deliver, channel))
         reader = _Reader(channel, follower)
         self._readers[tenant.id] = reader
+        await self._catch_up_archive(tenant, channel, after)
         return reader
+
+    async def _catch_up_archive(self, tenant: Tenant, channel: str, up_to: int) -> None:
+        """Queue for the archive what the engine holds beyond it, up to `up_to`: what a
+        process killed between the engine's ack and its archive write left behind (and
+        what live publishers are about to write too: archiving is idempotent)."""
+        try:
+            newest = (await self._archive.bounds(tenant.id)).newest
+            held = await self._engine.read_after(tenant.id, newest)
+        except Exception:
+            log.exception("could not compare the archive of PBX %d with the engine", tenant.id)
+            return
+        missing = [
+            WireMessage(m.id, wire_data(m.id, channel, m.text))
+            for m in held.messages
+            if m.id <= up_to
+        ]
+        if missing:
+            self._unarchived.setdefault(tenant.id, [])[:0] = missing
+            if self._archiver is None or self._archiver.done():
+                self._archiver = asyncio.create_task(self._archive_soon(), name="engine-archive")
 
     def _deliver(self, channel: str, batch: list[EngineMessage]) -> None:
         messages = [WireMessage(m.id, wire_data(m.id, channel, m.text)) for m in batch]
