@@ -17,9 +17,11 @@ from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
+from cloudpbx.services.engine_hub import EngineHub
 from cloudpbx.services.events import EventHub
 from cloudpbx.services.ingest import PbxIngest
 from cloudpbx.services.sms import OutboxPolicy, SmsService
+from cloudpbx.services.stream import EventStream
 from cloudpbx.services.transcription import (
     TranscriberFor,
     TranscriptionQueue,
@@ -31,6 +33,7 @@ from cloudpbx.settings import Settings
 from cloudpbx.storage import migrate
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.database import create_engine
+from cloudpbx.storage.event_archive import EventArchive
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.jobs import JobStore
 from cloudpbx.storage.sms import SmsStore
@@ -49,7 +52,7 @@ class Runtime:
     calls: CallStore
     sms_store: SmsStore
     bus: MemoryBus
-    hub: EventHub
+    hub: EventStream
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
@@ -115,6 +118,8 @@ class Runtime:
 
     async def start(self) -> None:
         await self.migrate()
+        if isinstance(self.hub, EngineHub):
+            await self.hub.start()
         for gateway in self.sms_gateways.values():
             await gateway.start(self.sms)
         await self.sms.start()
@@ -143,14 +148,7 @@ def build_runtime(settings: Settings) -> Runtime:
     calls = CallStore(engine)
     sms_store = SmsStore(engine)
     bus = MemoryBus(frame=text_frame)
-    hub = EventHub(
-        tenants,
-        EventStore(engine),
-        bus,
-        history_size=settings.ws_history_size,
-        flush_interval=settings.ws_commit_interval,
-        bundle=settings.ws_bundle_events,
-    )
+    hub = _event_stream(settings, engine, tenants, bus)
     ingest = PbxIngest(tenants, calls, hub, settings.recordings_dir)
     gateways: dict[str, SmsGateway] = {}
     if settings.sms_gateway == "simulator":
@@ -177,6 +175,36 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.sms_callbacks = signer
     _wire_transcription(runtime)
     return runtime
+
+
+def _event_stream(
+    settings: Settings, engine: AsyncEngine, tenants: TenantStore, bus: MemoryBus
+) -> EventStream:
+    """In this process (ids from the database), or shared through the event engine."""
+    if not settings.event_engine_url:
+        return EventHub(
+            tenants,
+            EventStore(engine),
+            bus,
+            history_size=settings.ws_history_size,
+            flush_interval=settings.ws_commit_interval,
+            bundle=settings.ws_bundle_events,
+        )
+    from cloudpbx.bus.jetstream import JetStreamEngine
+
+    event_engine = JetStreamEngine(
+        settings.event_engine_url,
+        settings.event_engine_stream,
+        settings.event_engine_history,
+        settings.event_engine_timeout,
+    )
+    return EngineHub(
+        event_engine,
+        EventArchive(engine),
+        bus,
+        history_size=settings.ws_history_size,
+        bundle=settings.ws_bundle_events,
+    )
 
 
 def _wire_transcription(runtime: Runtime) -> None:

@@ -10,6 +10,7 @@ from cloudpbx import __version__
 from cloudpbx.api.auth import RuntimeDep
 from cloudpbx.api.responses import OrjsonResponse
 from cloudpbx.ports.pbx import ReportsHealth
+from cloudpbx.services.engine_hub import EngineHub
 
 router = APIRouter()
 
@@ -43,17 +44,20 @@ async def healthz(runtime: RuntimeDep) -> Response:
     # or `alert` (e.g. SMSAPI refused our callback URL) make the answer `degraded`.
     sms = runtime.sms.health()
     ok = database == "ok"
-    healthy = ok and all(item["status"] == "ok" for item in [*backends, *sms])
-    return OrjsonResponse(
-        {
-            "status": "ok" if healthy else "degraded",
-            "version": __version__,
-            "database": database,
-            "backends": backends,
-            "sms": sms,
-        },
-        status_code=200 if ok else 503,
-    )
+    # The event engine, where one is configured: down, live events stop everywhere (every
+    # process shares it), but stored data is still served: `degraded`, not 503.
+    engine = runtime.hub.engine.health() if isinstance(runtime.hub, EngineHub) else "ok"
+    healthy = ok and engine == "ok" and all(item["status"] == "ok" for item in [*backends, *sms])
+    body: dict[str, object] = {
+        "status": "ok" if healthy else "degraded",
+        "version": __version__,
+        "database": database,
+        "backends": backends,
+        "sms": sms,
+    }
+    if isinstance(runtime.hub, EngineHub):
+        body["event_engine"] = engine
+    return OrjsonResponse(body, status_code=200 if ok else 503)
 
 
 def _backend_status(backend: object) -> dict[str, str | int]:
