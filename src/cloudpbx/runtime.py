@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.adapters.smsapi import CallbackSigner, SmsapiGateway
-from cloudpbx.bus.memory import MemoryBus
+from cloudpbx.metrics.registry import Metrics
+from cloudpbx.metrics.sampler import Sampler, Sources
+from cloudpbx.metrics.sources import ami_readings, gateway_statuses
+from cloudpbx.metrics.websocket import CountingBus
+from cloudpbx.ports.health import Dependency
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
 from cloudpbx.services.events import EventHub
@@ -47,11 +51,13 @@ class Runtime:
     tenants: TenantStore
     calls: CallStore
     sms_store: SmsStore
-    bus: MemoryBus
+    bus: CountingBus
     hub: EventHub
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
+    metrics: Metrics
+    sampler: Sampler
     backends: list[PbxBackend] = field(default_factory=list)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
@@ -60,6 +66,10 @@ class Runtime:
     transcription: TranscriptionQueue | None = None
     transcribers: TranscriberFor | None = None
     workers: list[Worker] = field(default_factory=list)
+    # What /healthz reports beside the built-in dependencies (api/routes/dependencies.py).
+    dependencies: list[Dependency] = field(default_factory=list)
+    # Why the in-process workers could not start (engine checks); None: not checked.
+    transcription_problems: list[str] | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def transcription_worker(self, name: str | None = None) -> Worker:
@@ -83,6 +93,7 @@ class Runtime:
             return
         check = getattr(self.transcribers, "check", None)
         problems: list[str] = await asyncio.to_thread(check) if check is not None else []
+        self.transcription_problems = problems
         if problems:
             # Jobs stay queued (for a `cloudpbx worker` that can run, or a fixed config)
             # rather than failing one by one.
@@ -120,8 +131,11 @@ class Runtime:
         for backend in self.backends:
             await backend.start(self.ingest)
         await self._start_workers()
+        self.sampler.start()
 
     async def stop(self) -> None:
+        await self.sampler.stop()
+        self.metrics.close()
         for backend in self.backends:
             await backend.stop()
         await self._stop_workers()
@@ -141,7 +155,7 @@ def build_runtime(settings: Settings) -> Runtime:
     tenants = TenantStore(engine)
     calls = CallStore(engine)
     sms_store = SmsStore(engine)
-    bus = MemoryBus()
+    bus = CountingBus()
     hub = EventHub(
         tenants,
         EventStore(engine),
@@ -172,18 +186,45 @@ def build_runtime(settings: Settings) -> Runtime:
             dispatch_interval=settings.sms_dispatch_interval,
         ),
     )
-    runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    metrics = Metrics()
+    jobs = JobStore(engine)
+    sources = Sources(
+        ami=lambda: ami_readings(runtime.backends),
+        sms_gateways=lambda: gateway_statuses(sms.health()),
+        outbox=sms_store.outbox_depth,
+        jobs=jobs.backlog,
+    )
+    sampler = Sampler(
+        metrics,
+        sources,
+        interval=settings.metrics_interval,
+        queue_interval=settings.metrics_queue_interval,
+    )
+    runtime = Runtime(
+        settings,
+        engine,
+        tenants,
+        calls,
+        sms_store,
+        bus,
+        hub,
+        ingest,
+        sms,
+        gateways,
+        metrics,
+        sampler,
+    )
     runtime.sms_callbacks = signer
-    _wire_transcription(runtime)
+    _wire_transcription(runtime, jobs)
     return runtime
 
 
-def _wire_transcription(runtime: Runtime) -> None:
+def _wire_transcription(runtime: Runtime, jobs: JobStore) -> None:
     """The job queue behind the ingest, and the engine of each PBX (built on first use)."""
     from cloudpbx.adapters.transcription import EngineFactory
 
     engines = EngineFactory(runtime.settings)
-    runtime.transcription = TranscriptionQueue(JobStore(runtime.engine), engines.enabled)
+    runtime.transcription = TranscriptionQueue(jobs, engines.enabled)
     runtime.transcribers = engines
     runtime.ingest.transcription_queue = runtime.transcription
 

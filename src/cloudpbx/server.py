@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from functools import partial
 
 import uvicorn
 
@@ -11,6 +12,7 @@ from cloudpbx.api.app import create_app
 from cloudpbx.api.http_limits import HeadLimits, guarded_http_protocol
 from cloudpbx.api.keepalive import keepalive_protocol
 from cloudpbx.api.redaction import install_log_redaction
+from cloudpbx.metrics.websocket import counting_timeouts, websocket_readings
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -31,13 +33,17 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         head_timeout=settings.http_head_timeout,
     )
     proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    ws_protocol = counting_timeouts(
+        keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout)
+    )
+    runtime.sampler.sources.websockets = partial(websocket_readings, runtime.bus, ws_protocol)
     return uvicorn.Config(
         create_app(runtime),
         host=settings.host,
         port=settings.port,
         http=guarded_http_protocol(limits),
         timeout_keep_alive=settings.http_keep_alive_timeout,
-        ws=keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout),
+        ws=ws_protocol,
         ws_ping_interval=None,
         ws_ping_timeout=None,
         # Every message is small JSON; compressing it per connection doubled the CPU of

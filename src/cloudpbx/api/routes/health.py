@@ -9,6 +9,7 @@ from starlette.responses import Response
 from cloudpbx import __version__
 from cloudpbx.api.auth import RuntimeDep
 from cloudpbx.api.responses import OrjsonResponse
+from cloudpbx.api.routes.dependencies import FINE, dependencies
 from cloudpbx.ports.pbx import ReportsHealth
 
 router = APIRouter()
@@ -24,7 +25,7 @@ router = APIRouter()
             '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
         },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
-        # (200 `degraded` also when a backend is down or an SMS account is held.)
+        # (200 `degraded` also when a dependency is down or an SMS account is held.)
     },
 )
 async def healthz(runtime: RuntimeDep) -> Response:
@@ -43,7 +44,12 @@ async def healthz(runtime: RuntimeDep) -> Response:
     # or `alert` (e.g. SMSAPI refused our callback URL) make the answer `degraded`.
     sms = runtime.sms.health()
     ok = database == "ok"
-    healthy = ok and all(item["status"] == "ok" for item in [*backends, *sms])
+    checks = await dependencies(runtime, database, sms)
+    healthy = (
+        ok
+        and all(item["status"] == "ok" for item in [*backends, *sms])
+        and all(item["status"] in FINE for item in checks)
+    )
     return OrjsonResponse(
         {
             "status": "ok" if healthy else "degraded",
@@ -51,6 +57,7 @@ async def healthz(runtime: RuntimeDep) -> Response:
             "database": database,
             "backends": backends,
             "sms": sms,
+            "dependencies": checks,
         },
         status_code=200 if ok else 503,
     )
