@@ -1,7 +1,7 @@
 """HTTP request latency by route template, method and status class.
 
 The labels stay bounded whatever clients send: the route is the template the router
-matched (`/record/{uniqueid}`, never the path a client typed, which could hold a PBX
+matched (`/record/{uniqueid:path}`, never the path a client typed, which could hold a PBX
 name or a made-up string per request), `unmatched` when none did (404s, and answers
 given before routing such as 429); the method is one of the standard ones or `other`;
 the status is its class (`2xx` ... `5xx`). WebSocket connections are not requests here:

@@ -31,6 +31,8 @@ MAX_EVENT_NAMES = 64
 """Distinct AMI event names per server with a series of their own; later ones: `other`."""
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 CUTOFF_CODES = (4008, 1011)
+OUTBOX_STATES = ("pending", "unsure")
+JOB_STATES = ("queued", "running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,13 @@ class Sampler:
 
     def __post_init__(self) -> None:
         self.metrics.workers.set(1)
-        for code in CUTOFF_CODES:  # present (at 0) before the first cut-off
+        # Every known series present from the start (at 0), before anything happened.
+        for code in CUTOFF_CODES:
             self.metrics.ws_cutoffs.labels(code=str(code))
+        for state in OUTBOX_STATES:
+            self.metrics.sms_outbox.labels(state=state)
+        for status in JOB_STATES:
+            self.metrics.transcription_jobs.labels(status=status)
 
     def start(self) -> None:
         if self._task is None:
