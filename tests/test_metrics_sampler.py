@@ -3,8 +3,10 @@ of the component), and AMI event names cannot grow the series without bound."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
+import pytest
 from prometheus_client import generate_latest
 
 from cloudpbx.metrics.registry import Metrics
@@ -99,3 +101,23 @@ def test_event_names_are_capped_and_odd_ones_are_other() -> None:
     assert again.value("cloudpbx_ami_dropped_events_total", server="ast1", event="other") == 11
     assert again.value("cloudpbx_ami_up", server="ast1") == 1
     assert again.value("cloudpbx_ami_ping_rtt_seconds", server="ast1") == 0.002
+
+
+async def test_a_database_that_does_not_answer_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readings = Readings()
+
+    async def unreachable() -> OutboxDepth:
+        raise ConnectionRefusedError("the database is down")
+
+    readings.outbox = unreachable  # type: ignore[method-assign]
+    sampler = sampler_over(readings)
+    with caplog.at_level(logging.WARNING, logger="cloudpbx.metrics.sampler"):
+        for _ in range(3):
+            await sampler._sample_queues_logged()
+    warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert warnings == [
+        "metrics: the SMS and job queues cannot be read: "
+        "ConnectionRefusedError: the database is down"
+    ]

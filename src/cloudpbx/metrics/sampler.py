@@ -94,6 +94,7 @@ class Sampler:
     _totals: _Totals = field(default_factory=_Totals)
     _event_names: dict[str, set[str]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _queue_problem: str | None = None
 
     def __post_init__(self) -> None:
         self.metrics.workers.set(1)
@@ -121,12 +122,25 @@ class Sampler:
         while True:
             try:
                 self.sample()
-                if tick % every == 0:
-                    await self.sample_queues()
-            except Exception:  # one failed read must not stop the metrics
+            except Exception:  # pragma: no cover - a component's bug must not stop metrics
                 log.exception("metrics: sampling failed")
+            if tick % every == 0:
+                await self._sample_queues_logged()
             tick += 1
             await asyncio.sleep(self.interval)
+
+    async def _sample_queues_logged(self) -> None:
+        """A database that does not answer is logged once, not every `queue_interval`
+        (/healthz says it is down); the gauges keep their last values meanwhile."""
+        try:
+            await self.sample_queues()
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            if problem != self._queue_problem:
+                log.warning("metrics: the SMS and job queues cannot be read: %s", problem)
+            self._queue_problem = problem
+        else:
+            self._queue_problem = None
 
     def sample(self) -> None:
         """The in-memory numbers: WebSocket, AMI, SMS gateways, this process."""
