@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -121,3 +122,11 @@ async def test_a_database_that_does_not_answer_is_logged_once(
         "metrics: the SMS and job queues cannot be read: "
         "ConnectionRefusedError: the database is down"
     ]
+
+
+def test_a_multiprocess_folder_that_does_not_exist_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"PROMETHEUS_MULTIPROC_DIR=.*missing is not a folder"):
+        Metrics()

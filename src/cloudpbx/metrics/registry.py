@@ -58,6 +58,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.folder = multiprocess_dir()
+        if self.folder is not None and not self.folder.is_dir():
+            raise ValueError(
+                f"{MULTIPROC_ENV}={self.folder} is not a folder: create it (empty) before "
+                "the server processes start, or unset it for a single process"
+            )
         # Multi-process: values go to files, not to a registry; a scrape reads the files.
         registry = None if self.folder is not None else CollectorRegistry()
         self.registry = registry
