@@ -18,11 +18,13 @@ router = APIRouter()
 @router.get(
     "/healthz",
     tags=["operations"],
-    summary="Health of the server and its database",
+    summary="Health of the server and each of its dependencies",
     responses={
         200: {
             "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
-            '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
+            '[{"backend": "asterisk", "status": "ok", "dropped": 0}], "sms": [...], '
+            '"dependencies": [{"name": "database", "status": "ok"}, ...]}` '
+            "(docs/operations.md#health)"
         },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
         # (200 `degraded` also when a dependency is down or an SMS account is held.)
