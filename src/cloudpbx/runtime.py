@@ -56,8 +56,8 @@ class Runtime:
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
-    metrics: Metrics
-    sampler: Sampler
+    metrics: Metrics = field(init=False)
+    sampler: Sampler = field(init=False)
     backends: list[PbxBackend] = field(default_factory=list)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
@@ -186,37 +186,30 @@ def build_runtime(settings: Settings) -> Runtime:
             dispatch_interval=settings.sms_dispatch_interval,
         ),
     )
-    metrics = Metrics()
+    runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime.sms_callbacks = signer
     jobs = JobStore(engine)
+    _wire_transcription(runtime, jobs)
+    _wire_metrics(runtime, jobs)
+    return runtime
+
+
+def _wire_metrics(runtime: Runtime, jobs: JobStore) -> None:
+    """The metrics of this process and the sampler that feeds them (the WebSocket side
+    is added by server.py, which builds the WebSocket protocol)."""
+    runtime.metrics = Metrics()
     sources = Sources(
         ami=lambda: ami_readings(runtime.backends),
-        sms_gateways=lambda: gateway_statuses(sms.health()),
-        outbox=sms_store.outbox_depth,
+        sms_gateways=lambda: gateway_statuses(runtime.sms.health()),
+        outbox=runtime.sms_store.outbox_depth,
         jobs=jobs.backlog,
     )
-    sampler = Sampler(
-        metrics,
+    runtime.sampler = Sampler(
+        runtime.metrics,
         sources,
-        interval=settings.metrics_interval,
-        queue_interval=settings.metrics_queue_interval,
+        interval=runtime.settings.metrics_interval,
+        queue_interval=runtime.settings.metrics_queue_interval,
     )
-    runtime = Runtime(
-        settings,
-        engine,
-        tenants,
-        calls,
-        sms_store,
-        bus,
-        hub,
-        ingest,
-        sms,
-        gateways,
-        metrics,
-        sampler,
-    )
-    runtime.sms_callbacks = signer
-    _wire_transcription(runtime, jobs)
-    return runtime
 
 
 def _wire_transcription(runtime: Runtime, jobs: JobStore) -> None:
