@@ -1,5 +1,6 @@
 """Each dependency in /healthz and /metrics: an Asterisk server (a fake AMI over loopback)
-up, dropping events of no PBX, then down; a registered dependency that hangs or fails."""
+up, dropping events of no PBX, then down; a registered dependency that hangs or fails; a
+PostgreSQL that goes silent."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
-from tests.asterisk_helpers import PBX
+from tests.asterisk_helpers import PBX, until_async
 from tests.conftest import Tenants, create_tenants
 from tests.fakes.ami_server import FakeAmi
+from tests.fakes.stalling_proxy import StallingProxy
 from tests.live import make_settings, running
 from tests.metrics_helpers import scrape_until
 from tests.test_asterisk_server import write_toml
@@ -132,3 +135,35 @@ async def test_transcription_workers_that_cannot_run_are_an_error(tmp_path: Path
     }
     assert health["status"] == "degraded"
     assert "no-such-model" not in str(health)
+
+
+async def test_a_database_that_goes_silent_is_a_quick_503(tmp_path: Path, pg_database: str) -> None:
+    """PostgreSQL behind a relay that stalls (the network path went silent): /healthz
+    answers 503 within its check timeout instead of hanging, and 200 once it flows again."""
+    url = make_url(pg_database)
+    proxy = await StallingProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port)
+    settings = make_settings(
+        tmp_path, database_url=through_proxy.render_as_string(hide_password=False)
+    )
+    try:
+        async with running(settings) as server:
+            assert (await healthz(server.url))["database"] == "ok"
+            proxy.stall()
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                started = asyncio.get_running_loop().time()
+                silent = await client.get("/healthz")
+                waited = asyncio.get_running_loop().time() - started
+            assert silent.status_code == 503
+            assert silent.json()["database"] == "error: TimeoutError"
+            assert {"name": "database", "status": "down"} in silent.json()["dependencies"]
+            assert waited < 8  # the 2 s check timeout, not the client's 10 s
+            proxy.resume()
+            await until_async(lambda: healthy(server.url), seconds=10)
+    finally:
+        await proxy.close()
+
+
+async def healthy(url: str) -> bool:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        return (await client.get("/healthz")).status_code == 200

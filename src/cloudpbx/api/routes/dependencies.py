@@ -18,7 +18,8 @@ from cloudpbx.runtime import Runtime
 
 FINE = frozenset({"ok", "off"})
 CHECK_TIMEOUT = 2.0
-"""Seconds a registered dependency may take to answer before it counts as `down`."""
+"""Seconds the database, or a registered dependency, may take to answer before it
+counts as `down` (a load balancer's health check typically gives up after 5)."""
 
 
 async def dependencies(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.responses import Response
@@ -9,7 +11,7 @@ from starlette.responses import Response
 from cloudpbx import __version__
 from cloudpbx.api.auth import RuntimeDep
 from cloudpbx.api.responses import OrjsonResponse
-from cloudpbx.api.routes.dependencies import FINE, dependencies
+from cloudpbx.api.routes.dependencies import CHECK_TIMEOUT, FINE, dependencies
 from cloudpbx.ports.pbx import ReportsHealth
 
 router = APIRouter()
@@ -36,7 +38,9 @@ async def healthz(runtime: RuntimeDep) -> Response:
     `degraded` but keeps 200, since the stored data is still served; only a database
     that does not answer makes it 503."""
     try:
-        async with runtime.engine.connect() as conn:
+        # A database that went silent (a stalled network path) must not hang the check:
+        # the load balancer needs the 503 to take this process out.
+        async with asyncio.timeout(CHECK_TIMEOUT), runtime.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:  # the check must answer, whatever the driver raised
