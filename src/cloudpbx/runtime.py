@@ -15,6 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cloudpbx.adapters.smsapi import CallbackSigner, SmsapiGateway
 from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
+from cloudpbx.metrics.registry import Metrics
+from cloudpbx.metrics.sampler import Sampler, Sources
+from cloudpbx.metrics.sources import ami_readings, gateway_statuses
+from cloudpbx.ports.health import Dependency
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
 from cloudpbx.services.engine_hub import EngineHub
@@ -56,6 +60,8 @@ class Runtime:
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
+    metrics: Metrics = field(init=False)
+    sampler: Sampler = field(init=False)
     backends: list[PbxBackend] = field(default_factory=list)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
@@ -64,6 +70,10 @@ class Runtime:
     transcription: TranscriptionQueue | None = None
     transcribers: TranscriberFor | None = None
     workers: list[Worker] = field(default_factory=list)
+    # What /healthz reports beside the built-in dependencies (api/routes/dependencies.py).
+    dependencies: list[Dependency] = field(default_factory=list)
+    # Why the in-process workers could not start (engine checks); None: not checked.
+    transcription_problems: list[str] | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def transcription_worker(self, name: str | None = None) -> Worker:
@@ -87,6 +97,7 @@ class Runtime:
             return
         check = getattr(self.transcribers, "check", None)
         problems: list[str] = await asyncio.to_thread(check) if check is not None else []
+        self.transcription_problems = problems
         if problems:
             # Jobs stay queued (for a `cloudpbx worker` that can run, or a fixed config)
             # rather than failing one by one.
@@ -126,8 +137,11 @@ class Runtime:
         for backend in self.backends:
             await backend.start(self.ingest)
         await self._start_workers()
+        self.sampler.start()
 
     async def stop(self) -> None:
+        await self.sampler.stop()
+        self.metrics.close()
         for backend in self.backends:
             await backend.stop()
         await self._stop_workers()
@@ -173,7 +187,9 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
     runtime.sms_callbacks = signer
-    _wire_transcription(runtime)
+    jobs = JobStore(engine)
+    _wire_transcription(runtime, jobs)
+    _wire_metrics(runtime, jobs)
     return runtime
 
 
@@ -207,12 +223,30 @@ def _event_stream(
     )
 
 
-def _wire_transcription(runtime: Runtime) -> None:
+def _wire_metrics(runtime: Runtime, jobs: JobStore) -> None:
+    """The metrics of this process and the sampler that feeds them (the WebSocket side
+    is added by server.py, which builds the WebSocket protocol)."""
+    runtime.metrics = Metrics()
+    sources = Sources(
+        ami=lambda: ami_readings(runtime.backends),
+        sms_gateways=lambda: gateway_statuses(runtime.sms.health()),
+        outbox=runtime.sms_store.outbox_depth,
+        jobs=jobs.backlog,
+    )
+    runtime.sampler = Sampler(
+        runtime.metrics,
+        sources,
+        interval=runtime.settings.metrics_interval,
+        queue_interval=runtime.settings.metrics_queue_interval,
+    )
+
+
+def _wire_transcription(runtime: Runtime, jobs: JobStore) -> None:
     """The job queue behind the ingest, and the engine of each PBX (built on first use)."""
     from cloudpbx.adapters.transcription import EngineFactory
 
     engines = EngineFactory(runtime.settings)
-    runtime.transcription = TranscriptionQueue(JobStore(runtime.engine), engines.enabled)
+    runtime.transcription = TranscriptionQueue(jobs, engines.enabled)
     runtime.transcribers = engines
     runtime.ingest.transcription_queue = runtime.transcription
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from functools import partial
 
 import uvicorn
 
@@ -12,6 +13,7 @@ from cloudpbx.api.http_limits import HeadLimits, guarded_http_protocol
 from cloudpbx.api.keepalive import KeepAlive
 from cloudpbx.api.pbx_socket import PbxSocket, pbx_socket_protocol
 from cloudpbx.api.redaction import install_log_redaction
+from cloudpbx.metrics.websocket import websocket_readings
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -33,13 +35,15 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         head_timeout=settings.http_head_timeout,
     )
     proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    ws_protocol = websocket_protocol(settings)
+    runtime.sampler.sources.websockets = partial(websocket_readings, runtime.bus, ws_protocol)
     return uvicorn.Config(
         create_app(runtime),
         host=settings.host,
         port=settings.port,
         http=guarded_http_protocol(limits),
         timeout_keep_alive=settings.http_keep_alive_timeout,
-        ws=websocket_protocol(settings),
+        ws=ws_protocol,
         ws_ping_interval=None,
         ws_ping_timeout=None,
         # permessage-deflate is not offered back (docs/decisions.md); uvicorn's own

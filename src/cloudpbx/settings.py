@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed cross-origin; empty: CORS off"
     )
+    metrics_token: str = Field(
+        "", description="Bearer token for /metrics; '': loopback clients only (docs/operations.md)"
+    )
+    metrics_interval: float = Field(
+        1.0, gt=0, description="Seconds between copies of the in-memory counters into /metrics"
+    )
+    metrics_queue_interval: float = Field(
+        10.0, gt=0, description="Seconds between the database reads of the SMS and job queues"
+    )
 
     @model_validator(mode="after")
     def _engine_needs_shared_database(self) -> Settings:

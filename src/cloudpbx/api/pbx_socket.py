@@ -86,6 +86,8 @@ class PbxSocket(asyncio.Protocol):
     pending_limit: ClassVar[int]
     """Live messages kept for a connection still writing its backlog."""
     drain_timeout: ClassVar[float]
+    closes: ClassVar[dict[int, int]]
+    """Closes this server initiated, by code (read by the metrics, once a second)."""
 
     __slots__ = (
         "_app_state",
@@ -277,6 +279,7 @@ class PbxSocket(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
+        self.closes[code] = self.closes.get(code, 0) + 1
         self._pending = None
         self._wake_writer()
         if self.transport.is_closing():
@@ -451,5 +454,6 @@ def pbx_socket_protocol(
             "write_limit": write_limit,
             "pending_limit": pending_limit,
             "drain_timeout": drain_timeout,
+            "closes": {},
         },
     )

@@ -22,6 +22,8 @@ class MemoryBus:
         self._channels: dict[str, dict[Sink, None]] = {}
         self.framed = 0
         """Messages encoded so far: once each, whatever the number of subscribers."""
+        self.deliveries = 0
+        """Messages handed to subscribers so far (messages × subscribers, per batch)."""
 
     def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
         sinks = self._channels.get(channel)
@@ -29,6 +31,7 @@ class MemoryBus:
             return
         frames = [self._frame(message.data) for message in messages]
         self.framed += len(frames)
+        self.deliveries += len(frames) * len(sinks)
         batch = FramedBatch(messages, frames, frames[0] if len(frames) == 1 else b"".join(frames))
         # A copy: a sink may unsubscribe (cut itself off) while we go round.
         for sink in tuple(sinks):
