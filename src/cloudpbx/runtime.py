@@ -138,7 +138,7 @@ def build_runtime(settings: Settings) -> Runtime:
     from cloudpbx.adapters.sms_simulator import SimulatedSmsGateway
 
     engine = create_engine(settings.effective_database_url)
-    tenants = TenantStore(engine)
+    tenants = TenantStore(engine, key_cache_ttl=settings.auth_cache_ttl)
     calls = CallStore(engine)
     sms_store = SmsStore(engine)
     bus = MemoryBus()
