@@ -32,6 +32,7 @@ from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.jobs import JobStore
+from cloudpbx.storage.reads import SqliteReaders
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
 
@@ -60,6 +61,8 @@ class Runtime:
     transcription: TranscriptionQueue | None = None
     transcribers: TranscriberFor | None = None
     workers: list[Worker] = field(default_factory=list)
+    # SQLite connections of the hot reads (storage/reads.py); None on PostgreSQL.
+    readers: SqliteReaders | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def transcription_worker(self, name: str | None = None) -> Worker:
@@ -130,6 +133,8 @@ class Runtime:
             await gateway.stop()
         await self.hub.close()
         await self.bus.close()
+        if self.readers is not None:
+            await self.readers.close()
         await self.engine.dispose()
 
 
@@ -138,8 +143,9 @@ def build_runtime(settings: Settings) -> Runtime:
     from cloudpbx.adapters.sms_simulator import SimulatedSmsGateway
 
     engine = create_engine(settings.effective_database_url)
-    tenants = TenantStore(engine, key_cache_ttl=settings.auth_cache_ttl)
-    calls = CallStore(engine)
+    readers = SqliteReaders.for_engine(engine)
+    tenants = TenantStore(engine, key_cache_ttl=settings.auth_cache_ttl, readers=readers)
+    calls = CallStore(engine, readers=readers)
     sms_store = SmsStore(engine)
     bus = MemoryBus()
     hub = EventHub(
@@ -173,6 +179,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
     )
     runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime.readers = readers
     runtime.sms_callbacks = signer
     _wire_transcription(runtime)
     return runtime

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.errors import BadRequest, Conflict, NotFound
 from cloudpbx.storage.key_cache import KeyCache
-from cloudpbx.storage.reads import Read
+from cloudpbx.storage.reads import Read, SqliteReaders
 from cloudpbx.storage.tables import api_key, pbx
 
 PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -108,10 +108,13 @@ class TenantStore:
         engine: AsyncEngine,
         key_cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        readers: SqliteReaders | None = None,
     ) -> None:
         """`key_cache_ttl`: seconds a key that authenticated is trusted without a database
-        read, i.e. how long a revocation made elsewhere takes to reach this store."""
+        read, i.e. how long a revocation made elsewhere takes to reach this store.
+        `readers`: SQLite connections for the key lookup (storage/reads.py)."""
         self._engine = engine
+        self._readers = readers
         self._live_keys: KeyCache[tuple[bytes, Tenant]] = KeyCache(key_cache_ttl, clock)
         # Every authenticated request reads this: built once, one trip on SQLite.
         self._key_lookup = Read(
@@ -221,8 +224,11 @@ class TenantStore:
         if cached is not None:
             stored, tenant = cached
             return tenant if hmac.compare_digest(stored, digest) else None
-        async with self._engine.connect() as conn:
-            row = await self._key_lookup.first(conn, {"digest": digest})
+        if self._readers is not None:
+            row = await self._readers.first(self._key_lookup, {"digest": digest})
+        else:
+            async with self._engine.connect() as conn:
+                row = await self._key_lookup.first(conn, {"digest": digest})
         if row is None:
             return None
         key_hash, pbx_id, name, timezone, sms_gateway = row
