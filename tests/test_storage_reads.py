@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select
 
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.migrate import upgrade
@@ -77,3 +77,40 @@ async def test_a_key_created_elsewhere_is_found_by_the_readers(sqlite_url: str) 
 def test_only_sqlite_files_get_readers() -> None:
     assert SqliteReaders.for_engine(create_engine("sqlite:///:memory:")) is None
     assert SqliteReaders.for_engine(create_engine("postgresql://u:p@127.0.0.1/db")) is None
+
+
+async def test_reads_over_the_budget_finish_on_a_thread_with_the_same_rows(
+    sqlite_url: str,
+) -> None:
+    """A read that outlasts the inline budget is interrupted on the loop's thread and run
+    again on a reader's thread; a read within it never reaches a thread."""
+    engine = create_engine(sqlite_url)
+    tenants = TenantStore(engine)
+    name = unique_name()
+    await tenants.create(name)
+    # A recursive count to a million: ~0.1 s of VM steps in any SQLite.
+    numbers = select(literal(1).label("i")).cte("numbers", recursive=True)
+    numbers = numbers.union_all(select(numbers.c.i + 1).where(numbers.c.i < 1_000_000))
+    slow = Read(select(func.count()).select_from(numbers), engine.dialect)
+    quick = Read(select(func.count()).select_from(cdr), engine.dialect)
+    strict = SqliteReaders(sqlite_url.removeprefix("sqlite:///"), inline_budget=0.0001)
+    try:
+        assert await strict.first(quick, {}) == (0,)
+        assert strict._connections == []  # answered inline, no thread was needed
+        assert await strict.first(slow, {}) == (1_000_000,)
+        assert len(strict._connections) == 4  # the thread path took it
+    finally:
+        await strict.close()
+        await engine.dispose()
+
+
+async def test_large_reads_skip_the_inline_try(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url)
+    readers = SqliteReaders(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        large = Read(select(func.count()).select_from(cdr), engine.dialect, may_be_large=True)
+        assert await readers.first(large, {}) == (0,)
+        assert readers._inline is None and len(readers._connections) == 4
+    finally:
+        await readers.close()
+        await engine.dispose()

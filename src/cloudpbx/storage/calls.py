@@ -117,7 +117,7 @@ class CallStore:
         self._cdr_pages = PageCache(page_cache_bytes)
         self._cdr_statements = self._cdr_page_statements()
         self._cdr_count = Read(self._cdr_statements.count, engine.dialect)
-        self._cdr_body = Read(self._cdr_statements.body, engine.dialect)
+        self._cdr_body = Read(self._cdr_statements.body, engine.dialect, may_be_large=True)
         self._cdr_stamp = Read(
             select(
                 select(func.max(cdr.c.id)).scalar_subquery(),
