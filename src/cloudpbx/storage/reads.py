@@ -87,8 +87,8 @@ class SqliteReaders:
     read is first run on the event loop's own thread, on a connection of its own, with a
     budget (`inline_budget`, 0.5 ms): SQLite's progress handler interrupts it when the
     budget is spent, and the read is run again on a reader's thread. No read blocks the
-    loop for longer than the budget, whatever the range asks for; a large read pays the
-    budget once more (~10 % of a 5 ms read). `may_be_large` reads skip the try.
+    loop for longer than the budget, whatever the range asks for; a large list pays the
+    budget on top of its read. `may_be_large` reads (an uncached /cdr page) skip the try.
     """
 
     def __init__(self, path: str, size: int = 4, inline_budget: float = 0.0005) -> None:
