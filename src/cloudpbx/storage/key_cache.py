@@ -43,6 +43,9 @@ class KeyCache(Generic[T]):
         self._clock = clock
         self._max_entries = max_entries
         self._entries: dict[bytes, _Entry[T]] = {}
+        self.generation = 0
+        """Bumped by clear(): a lookup that began before a clear must not put its (maybe
+        revoked) result back after it."""
 
     @property
     def enabled(self) -> bool:
@@ -57,8 +60,9 @@ class KeyCache(Generic[T]):
             return None
         return entry.value
 
-    def put(self, digest: bytes, value: T) -> None:
-        if not self.enabled:
+    def put(self, digest: bytes, value: T, generation: int) -> None:
+        """Keep `value` unless the cache was cleared since `generation` was read."""
+        if not self.enabled or generation != self.generation:
             return
         now = self._clock()
         if len(self._entries) >= self._max_entries:
@@ -69,6 +73,7 @@ class KeyCache(Generic[T]):
 
     def clear(self) -> None:
         self._entries.clear()
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -224,6 +224,7 @@ class TenantStore:
         if cached is not None:
             stored, tenant = cached
             return tenant if hmac.compare_digest(stored, digest) else None
+        generation = self._live_keys.generation
         if self._readers is not None:
             row = await self._readers.first(self._key_lookup, {"digest": digest})
         else:
@@ -236,7 +237,7 @@ class TenantStore:
         if not hmac.compare_digest(stored, digest):
             return None
         tenant = Tenant(pbx_id, name, ZoneInfo(timezone), sms_gateway)
-        self._live_keys.put(stored, (stored, tenant))
+        self._live_keys.put(stored, (stored, tenant), generation)
         return tenant
 
     async def list_keys(self, name: str | None = None) -> builtins.list[ApiKeyInfo]:
