@@ -7,7 +7,8 @@ production one); the only additions are routes under `/_bench/` on the same app:
 
 - `GET /_bench/cdr-static?pbx=&datestart=&datestop=`: the same `/cdr` page bytes,
   computed once and then served precomputed through the same response code (ETag, gzip
-  once): the framework baseline, no auth, no DB;
+  once) from a plain Starlette endpoint: the framework baseline, no auth, no DB, no
+  FastAPI parameter handling;
 - `GET /_bench/list-static?pbx=&datestart=&datestop=`: the same for `/transcription`;
 - `POST /_bench/write-cdrs?pbx=&rate=`, `POST /_bench/write-cdrs/stop?pbx=`: store new
   calls at `rate` per second through `runtime.ingest` (the backends' write path) meanwhile;
@@ -45,6 +46,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
 from cloudpbx.api.responses import OrjsonResponse, page_response
@@ -122,13 +124,21 @@ class GcPauses:
         return out
 
 
+def _page_query(request: Request) -> tuple[str, str, str]:
+    query = request.query_params
+    return query["pbx"], query["datestart"], query["datestop"]
+
+
 def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server) -> None:
     pages: dict[tuple[str, str, str], JsonPage] = {}
     profiler: dict[str, cProfile.Profile] = {}
     pauses = GcPauses()
     snapshots: dict[str, tracemalloc.Snapshot] = {}
 
-    async def cdr_static(request: Request, pbx: str, datestart: str, datestop: str) -> Response:
+    # The precomputed baselines are plain Starlette endpoints: no FastAPI parameter
+    # handling, so that they stay the floor once /cdr skips it too (api/lean_route.py).
+    async def cdr_static(request: Request) -> Response:
+        pbx, datestart, datestop = _page_query(request)
         key = ("cdr", pbx, datestart, datestop)
         page = pages.get(key)
         if page is None:
@@ -138,7 +148,8 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
             pages[key] = page
         return await page_response(request, page)
 
-    async def list_static(request: Request, pbx: str, datestart: str, datestop: str) -> Response:
+    async def list_static(request: Request) -> Response:
+        pbx, datestart, datestop = _page_query(request)
         key = ("transcription", pbx, datestart, datestop)
         page = pages.get(key)
         if page is None:
@@ -277,8 +288,8 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         server.should_exit = True
         return OrjsonResponse({"stopping": True})
 
-    app.add_api_route("/_bench/cdr-static", cdr_static, methods=["GET"])
-    app.add_api_route("/_bench/list-static", list_static, methods=["GET"])
+    app.router.routes.append(Route("/_bench/cdr-static", cdr_static, methods=["GET"]))
+    app.router.routes.append(Route("/_bench/list-static", list_static, methods=["GET"]))
     app.add_api_route("/_bench/write-cdrs", write_cdrs, methods=["POST"])
     app.add_api_route("/_bench/write-cdrs/stop", write_cdrs_stop, methods=["POST"])
     app.add_api_route("/_bench/publish", publish, methods=["POST"])

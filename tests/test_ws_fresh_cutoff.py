@@ -21,6 +21,8 @@ async def test_cut_off_by_the_first_burst_resumes_after_it_not_from_zero(tmp_pat
     async with running(settings, prepare=lambda rt: create_tenants(rt, tenants)) as server:
         tenant = await server.runtime.tenants.require(tenants.a_name)
         old = await server.runtime.hub.publish(tenant, [QueueCalls("Kolejka1", 1)])
+        # Stored (store-first) before the client joins: a client that joins while the
+        # event is still pending is rightly told to resume from before it.
         await server.runtime.hub.flush()
         url = f"{server.ws_url}/ws/pbx_{tenants.a_name}?pbxkey={tenants.a_key}"
         async with connect(url, proxy=None, max_size=None) as ws:

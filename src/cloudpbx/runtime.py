@@ -40,6 +40,7 @@ from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.event_archive import EventArchive
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.jobs import JobStore
+from cloudpbx.storage.reads import SqliteReaders
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
 
@@ -74,6 +75,8 @@ class Runtime:
     dependencies: list[Dependency] = field(default_factory=list)
     # Why the in-process workers could not start (engine checks); None: not checked.
     transcription_problems: list[str] | None = None
+    # SQLite connections of the hot reads (storage/reads.py); None on PostgreSQL.
+    readers: SqliteReaders | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def transcription_worker(self, name: str | None = None) -> Worker:
@@ -150,6 +153,8 @@ class Runtime:
             await gateway.stop()
         await self.hub.close()
         await self.bus.close()
+        if self.readers is not None:
+            await self.readers.close()
         await self.engine.dispose()
 
 
@@ -158,8 +163,9 @@ def build_runtime(settings: Settings) -> Runtime:
     from cloudpbx.adapters.sms_simulator import SimulatedSmsGateway
 
     engine = create_engine(settings.effective_database_url)
-    tenants = TenantStore(engine)
-    calls = CallStore(engine)
+    readers = SqliteReaders.for_engine(engine)
+    tenants = TenantStore(engine, key_cache_ttl=settings.auth_cache_ttl, readers=readers)
+    calls = CallStore(engine, readers=readers)
     sms_store = SmsStore(engine)
     bus = MemoryBus(frame=text_frame)
     hub = _event_stream(settings, engine, tenants, bus)
@@ -186,6 +192,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
     )
     runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime.readers = readers
     runtime.sms_callbacks = signer
     jobs = JobStore(engine)
     _wire_transcription(runtime, jobs)

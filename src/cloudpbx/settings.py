@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         30, ge=1, description="Failed authentications per address per window, then 429"
     )
     auth_fail_window: float = Field(60.0, gt=0, description="Seconds of auth_fail_limit")
+    auth_cache_ttl: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds a valid API key is trusted without a database read: how long a "
+        "key revoked by another process keeps working here; 0 reads the key every request",
+    )
     trusted_proxies: str = Field(
         "", description="Comma-separated proxy addresses/CIDRs whose X-Forwarded-For counts"
     )
