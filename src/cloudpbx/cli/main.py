@@ -74,13 +74,27 @@ def serve(
     database_url: DatabaseOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Server processes on the port (>1 needs PostgreSQL and event_engine_url)"
+        ),
+    ] = None,
 ) -> None:
     """Run the API server with the backends named in the configuration."""
     from cloudpbx.server import serve as serve_forever
+    from cloudpbx.supervisor import WorkersRefused, run_workers
 
-    settings = _settings(config, data, database_url, host=host, port=port)
+    settings = _settings(config, data, database_url, host=host, port=port, workers=workers)
     _logging(settings.log_level)
-    asyncio.run(serve_forever(settings))
+    if settings.workers == 1:
+        asyncio.run(serve_forever(settings))
+        return
+    try:
+        run_workers(settings)
+    except WorkersRefused as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

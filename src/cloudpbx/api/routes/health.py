@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.responses import Response
@@ -20,8 +22,8 @@ router = APIRouter()
     summary="Health of the server and its database",
     responses={
         200: {
-            "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
-            '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
+            "description": '`{"status": "ok", "version": ..., "database": "ok", "pid": ..., '
+            '"backends": [{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
         },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
         # (200 `degraded` also when a backend is down or an SMS account is held.)
@@ -49,6 +51,8 @@ async def healthz(runtime: RuntimeDep) -> Response:
             "status": "ok" if healthy else "degraded",
             "version": __version__,
             "database": database,
+            # Which process answered (`serve --workers N` runs several on one port).
+            "pid": os.getpid(),
             "backends": backends,
             "sms": sms,
         },
