@@ -235,9 +235,14 @@ async def test_a_hung_holder_is_replaced_and_does_nothing_when_it_wakes(tmp_path
             loop = asyncio.get_running_loop()
             stopped_at = loop.time()
             assert await c.holder(token=2) is standby
+            for _ in range(200):  # the take-over's resync reached the standby's clients
+                if new_side.after(stopped_at):
+                    break
+                await asyncio.sleep(0.05)
 
             # Asterisk reports a change to every session it has, the hung one's included:
             # the new connector publishes it...
+            c.fake.set_extension("102", 1)
             await c.fake.emit(busy_102())
             for _ in range(200):
                 if any(shows_102_busy(m) for m in new_side.after(stopped_at)):
