@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from cloudpbx.adapters.asterisk.framing import AmiMessage
@@ -273,3 +274,28 @@ async def test_a_hung_holder_is_replaced_and_does_nothing_when_it_wakes(tmp_path
             assert int(term[0].split(":")[1]) == standby.pid
         finally:
             await engine.dispose()
+
+
+async def test_dial_on_the_standby_uses_a_session_of_its_own(tmp_path: Path) -> None:
+    """The standby has read no events, yet `/dial` works there: it logs in without
+    events, learns cpa's device from DeviceStateList, originates, logs off; the connector
+    stays the only events session, and the lease stays where it was."""
+    async with cluster(tmp_path) as c:
+        holder = await c.holder(token=1)
+        standby = next(node for node in c.nodes if node is not holder)
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{standby.port}") as client:
+            ok = await client.get("/dial", params={"cpa": "101", "cpb": "200"}, headers=headers)
+            unknown = await client.get(
+                "/dial", params={"cpa": "109", "cpb": "200"}, headers=headers
+            )
+        assert ok.status_code == 200 and ok.text == "OK"
+        assert unknown.status_code == 500
+        [originate] = c.fake.sent("Originate")
+        assert originate.value("Channel") == f"PJSIP/{PBX}-101"
+        assert originate.value("Exten") == "200"
+        assert ("off", True) in c.fake.logins
+        assert c.event_sessions() == 1
+        term = await c.term()
+        assert term is not None and term[1] == 1
+        assert int(term[0].split(":")[1]) == holder.pid

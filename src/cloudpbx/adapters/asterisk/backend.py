@@ -429,12 +429,20 @@ class _Server:
             return f"{config.endpoint_tech}/{prefix}{number}"
         return learned
 
+    def may_be_extension(self, pbx: str, number: str) -> bool:
+        """`device_for`, except that a standby, which reads no events, cannot know the
+        extensions Asterisk reports: it learns them when it dials (`_originate_standby`)."""
+        if self.device_for(pbx, number) is not None:
+            return True
+        config = self.pbxes.get(pbx)
+        return config is not None and config.extensions is None and not self._acts()
+
     async def originate(self, pbx: str, cpa: str, cpb: str) -> OriginateResult:
+        if not self._acts():
+            return await self._originate_standby(pbx, cpa, cpb)
         device = self.device_for(pbx, cpa)
         if device is None:
             return OriginateResult(False, message=f"{cpa} is not an extension of {pbx}")
-        if not self._acts():
-            return await self._originate_standby(pbx, cpa, cpb, device)
         if not self.connection.connected:
             return OriginateResult(
                 False, message=f"Asterisk {self.name} is not connected: {self.connection.error}"
@@ -484,14 +492,12 @@ class _Server:
             headers.append(("Account", config.account))
         return headers
 
-    async def _originate_standby(
-        self, pbx: str, cpa: str, cpb: str, device: str
-    ) -> OriginateResult:
+    async def _originate_standby(self, pbx: str, cpa: str, cpb: str) -> OriginateResult:
         """`/dial` in a process that is not the connector: a session of its own, without
-        events (Login, Originate, Logoff). The connector's session sees the call as usual;
-        the device-state pre-check is left to Asterisk, which fails the call itself."""
+        events (Login, [DeviceStateList to learn cpa's device], Originate, Logoff). The
+        connector's session sees the call as usual; the device-state pre-check is left to
+        Asterisk, which fails the call itself."""
         action_id = f"cloudpbx-dial-{secrets.token_hex(8)}"
-        headers = self._originate_headers(pbx, cpa, cpb, device, action_id)
         opts = self.connection.options
         try:
             session = await AmiSession.open(
@@ -503,6 +509,15 @@ class _Server:
             await session.login(
                 self.config.username, self.config.secret, events="off", wait=opts.action_timeout
             )
+            device = self.device_for(pbx, cpa)
+            if device is None:
+                listing = await session.list_action("DeviceStateList", wait=opts.action_timeout)
+                for msg in listing.events:
+                    self._learn(msg)
+                device = self.device_for(pbx, cpa)
+            if device is None:
+                return OriginateResult(False, message=f"{cpa} is not an extension of {pbx}")
+            headers = self._originate_headers(pbx, cpa, cpb, device, action_id)
             response = await session.action(
                 "Originate", headers, wait=opts.action_timeout, action_id=action_id
             )
@@ -703,7 +718,7 @@ class AsteriskBackend:
 
     def is_extension(self, pbx: str, number: str) -> bool:
         server = self._by_pbx.get(pbx)
-        return server is not None and server.device_for(pbx, number) is not None
+        return server is not None and server.may_be_extension(pbx, number)
 
     async def start(self, sink: PbxSink) -> None:
         """Start connecting to every server; returns at once (see `wait_connected`)."""
