@@ -90,7 +90,8 @@ class Leadership:
         while True:
             sent = loop.time()
             if self.term is None:
-                await self._try_acquire(sent)
+                if self._losing is None:  # the job of the last term is still stopping
+                    await self._try_acquire(sent)
             else:
                 await self._try_renew(self.term, sent)
             await asyncio.sleep(self.ttl / 3)
