@@ -104,7 +104,7 @@ def run_workers(settings: Settings) -> None:
         raise WorkersRefused(f"--workers {settings.workers} needs " + " and ".join(problems))
     asyncio.run(_migrate(settings))
     # prometheus-client's multi-process mode: every worker writes its samples under this
-    # folder; a fresh one per start, so a dead worker's old files are never summed in.
+    # folder; a fresh one per start, so the files of an earlier run are never summed in.
     metrics_dir = tempfile.mkdtemp(prefix="cloudpbx-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     sockets = bind_sockets(settings.host, settings.port, settings.workers)
@@ -137,7 +137,6 @@ class Supervisor:
         self._workers: list[BaseProcess | None] = [None] * settings.workers
         self._started_at: list[float] = [0.0] * settings.workers
         self._stopping = False
-        self.restarts = 0
 
     def run(self) -> None:
         previous = {
@@ -194,7 +193,6 @@ class Supervisor:
             if time.monotonic() - self._started_at[index] < RESTART_DELAY:
                 time.sleep(RESTART_DELAY)
             if not self._stopping:
-                self.restarts += 1
                 self._start(index)
 
     def _stop_all(self) -> None:
