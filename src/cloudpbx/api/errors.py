@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from cloudpbx.api.database_errors import database_unavailable
 from cloudpbx.api.responses import json_error
 from cloudpbx.domain.errors import ApiError
 
@@ -28,6 +29,9 @@ _STATUS_CODES = {
     413: "too_large",
     416: "range_not_satisfiable",
 }
+
+RETRY_AFTER_S = "1"
+"""A PostgreSQL restart or fail-over is seconds: ask again soon."""
 
 # RFC 9110 §11.6.1: a 401 must say which scheme would be accepted.
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -60,5 +64,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        if database_unavailable(exc):
+            # Expected on a bad day (a restart, a fail-over): one line, not a traceback.
+            log.warning(
+                "database unavailable on %s %s: %s", request.method, request.url.path, repr(exc)
+            )
+            return json_error(
+                503, "database unavailable; retry shortly", "database_unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )  # fmt: skip
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return json_error(500, "internal server error", "internal")
