@@ -519,3 +519,26 @@ async def test_the_flusher_backs_off_on_failures(engine, tenant, monkeypatch) ->
     assert await stored_ids(engine, tenant) == ids
     assert calls == 3
     await hub.close()
+
+
+async def test_close_gives_a_dead_database_a_few_tries_not_the_outage_budget(
+    engine, tenant
+) -> None:
+    """Live, a failing write is retried for about 30 s (a database restart loses nothing);
+    at shutdown only CLOSE_ATTEMPTS times, since each try may cost a connect timeout."""
+    assert events_module.CLOSE_ATTEMPTS < events_module.MAX_ATTEMPTS
+    hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
+    store.fail_all = True
+    tries = 0
+    original = store.append
+
+    async def counting(batch: Sequence[tuple[int, WireMessage]]) -> None:
+        nonlocal tries
+        tries += 1
+        await original(batch)
+
+    store.append = counting  # type: ignore[method-assign]
+    await queue_n(hub, tenant, 2)
+    await hub.close()
+    assert tries == events_module.CLOSE_ATTEMPTS
+    assert await stored_ids(engine, tenant) == []

@@ -17,9 +17,9 @@ for a bus that spans processes: whoever publishes a message has stored it first.
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
 database at first use, once per channel even when several callers ask at once) for
 instant resume; older rows are pruned. A failing write is retried with back-off, one
-transaction per PBX, and given up after `MAX_ATTEMPTS`: those messages are never
-delivered (their ids are skipped). close() waits for a write in flight, writes what is
-left and gives unused ids back.
+transaction per PBX, and given up after `MAX_ATTEMPTS` (about 30 s of outage): those
+messages are never delivered (their ids are skipped). close() waits for a write in
+flight, writes what is left and gives unused ids back.
 """
 
 from __future__ import annotations
@@ -41,10 +41,16 @@ from cloudpbx.storage.tenants import Tenant, TenantStore
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5
-"""Consecutive failed writes of the same pending messages before they are dropped."""
-MAX_BACKOFF = 5.0
-"""Longest pause, in seconds, between retries of a failing write."""
+MAX_ATTEMPTS = 32
+"""Consecutive failed writes of the same pending messages before they are dropped. With
+the flusher's back-off (0.1 s doubling to `MAX_BACKOFF`) that is about 30 s: a PostgreSQL
+restart or fail-over (seconds) delays the stream but loses nothing. 5 attempts (3 s) had
+dropped everything published during a 3 s restart (tests/test_pg_restart.py)."""
+CLOSE_ATTEMPTS = 3
+"""Failed writes after which close() drops what is pending (it does not back off)."""
+MAX_BACKOFF = 1.0
+"""Longest pause, in seconds, between retries of a failing write: also the most the
+stream lags behind a database that is back (5 s had added up to 5 s of silence)."""
 
 
 @dataclass(slots=True)
@@ -256,7 +262,10 @@ class EventHub:
             self._failed_attempts = 0
             return True
         self._failed_attempts += 1
-        if self._failed_attempts >= MAX_ATTEMPTS:
+        # Shutting down, nobody waits for the database to come back (each try may take a
+        # connect timeout): a few tries, not MAX_ATTEMPTS.
+        limit = CLOSE_ATTEMPTS if self._closing.is_set() else MAX_ATTEMPTS
+        if self._failed_attempts >= limit:
             log.error(
                 "dropping %d WebSocket messages after %d failed attempts to store them "
                 "(never sent: their ids are skipped)",
@@ -302,7 +311,7 @@ class EventHub:
             with contextlib.suppress(Exception):
                 await flusher
         while self._pending and not await self.flush():
-            pass  # bounded: after MAX_ATTEMPTS failures the rest is dropped
+            pass  # bounded: after CLOSE_ATTEMPTS failures the rest is dropped
         for channel in list(self._channels.values()):
             async with channel.lock:
                 reserved_up_to = channel.reserved_up_to
