@@ -192,9 +192,10 @@ def assert_outage_reported(outage: Outage) -> None:
     assert outage.rest_after == 200
 
 
-async def assert_all_seen_are_stored(server: Server, reader: Reader) -> None:
+async def assert_all_seen_are_stored(server: Server, reader: Reader) -> float:
     """Every message the client saw, byte for byte, in the database (bounded wait: the
-    archive may still be catching up)."""
+    archive may still be catching up); the (loop) time it was complete."""
+    loop = asyncio.get_running_loop()
     seen = {message_id: raw for _, message_id, raw in reader.got}
     stored: dict[int, str] = {}
     for _ in range(200):
@@ -215,6 +216,7 @@ async def assert_all_seen_are_stored(server: Server, reader: Reader) -> None:
     missing = sorted(seen.keys() - stored.keys())
     assert not missing, f"seen but not stored: {missing[:10]} (of {len(missing)})"
     assert all(orjson.loads(stored[i]) == orjson.loads(raw) for i, raw in seen.items())
+    return loop.time()
 
 
 async def assert_fresh_replay_matches(server: Server, reader: Reader) -> None:
@@ -277,11 +279,13 @@ async def test_database_restart_with_the_engine(tmp_path: Path) -> None:
         assert reader.closes == [], reader.closes  # delivery never needed the database
         during = [i for at, i, _ in reader.got if outage.stopped_at < at < outage.started_at]
         assert during, "no event reached the client while the database was down"
+        complete_at = await assert_all_seen_are_stored(server, reader)
         print(
-            f"engine: database down {outage.started_at - outage.stopped_at:.1f} s, "
+            f"engine: archive complete {complete_at - outage.started_at:.2f} s after the "
+            "database was back; "
+            f"database down {outage.started_at - outage.stopped_at:.1f} s, "
             f"{len(during)} messages delivered meanwhile; /healthz ok "
             f"{outage.healthy_after_s:.2f} s after the start; {stream_figures(reader, outage)} "
             "(the engine's ids are its stream's, shared by the PBXes: skips are not losses)"
         )
-        await assert_all_seen_are_stored(server, reader)
         await assert_fresh_replay_matches(server, reader)
