@@ -85,6 +85,7 @@ class Server:
     port: int
     tenants: Tenants
     database: str
+    log: Path
 
     @property
     def ws_url(self) -> str:
@@ -134,7 +135,7 @@ async def server_on_private_pg(tmp_path: Path, engine_stream: str = "") -> Async
         )
         try:
             await wait_healthy(port, proc)
-            yield Server(pg, port, tenants, pg.url)
+            yield Server(pg, port, tenants, pg.url, log)
         finally:
             await stop(proc)
             print(f"server log tail:\n{log.read_text()[-3000:]}")
@@ -183,13 +184,17 @@ def stream_figures(reader: Reader, outage: Outage) -> str:
     return f"longest silence {silence:.2f} s, {skipped} ids skipped"
 
 
-def assert_outage_reported(outage: Outage) -> None:
+def assert_outage_reported(outage: Outage, server: Server) -> None:
     assert outage.health_down, "nothing asked while the database was down"
     assert all(status == 503 for status, _ in outage.health_down), outage.health_down
     assert all(database.startswith("error") for _, database in outage.health_down)
     assert set(outage.rest_down) == {503}, outage.rest_down
     assert outage.healthy_after_s < 30
     assert outage.rest_after == 200
+    log = server.log.read_text()
+    assert "database unavailable on GET /cdr" in log
+    assert "Exception in ASGI application" not in log  # no traceback per refused request
+    assert "unhandled error" not in log
 
 
 async def assert_all_seen_are_stored(server: Server, reader: Reader) -> float:
@@ -248,7 +253,7 @@ async def test_database_restart_on_the_default_path(tmp_path: Path) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        assert_outage_reported(outage)
+        assert_outage_reported(outage, server)
         # Any close the server started named its resume id, and every resume was complete.
         assert set(reader.resumes) <= {"complete"}, (reader.closes, reader.resumes)
         # Held and retried through the outage, then stored and sent: no id skipped.
@@ -275,7 +280,7 @@ async def test_database_restart_with_the_engine(tmp_path: Path) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        assert_outage_reported(outage)
+        assert_outage_reported(outage, server)
         assert reader.closes == [], reader.closes  # delivery never needed the database
         during = [i for at, i, _ in reader.got if outage.stopped_at < at < outage.started_at]
         assert during, "no event reached the client while the database was down"

@@ -14,6 +14,15 @@ UNAVAILABLE_SQLSTATES = ("08", "57P")
 (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now: restarting)."""
 
 
+DATABASE_ERROR_KINDS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+)
+"""The exception classes `database_unavailable` may say yes to."""
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database is unreachable rather than that a query is wrong."""
     if isinstance(exc, DBAPIError):
@@ -21,7 +30,7 @@ def database_unavailable(exc: BaseException) -> bool:
             return True
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return isinstance(code, str) and code.startswith(UNAVAILABLE_SQLSTATES)
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+    if isinstance(exc, DATABASE_ERROR_KINDS):
         # SQLAlchemy passes a failed connect of asyncpg's through unwrapped (an OSError,
         # not a DBAPI error); only one raised inside SQLAlchemy is the database's.
         return _raised_inside_sqlalchemy(exc)

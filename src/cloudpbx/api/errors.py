@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cloudpbx.api.database_errors import database_unavailable
+from cloudpbx.api.database_errors import DATABASE_ERROR_KINDS, database_unavailable
 from cloudpbx.api.responses import json_error
 from cloudpbx.domain.errors import ApiError
 
@@ -64,14 +64,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        if database_unavailable(exc):
-            # Expected on a bad day (a restart, a fail-over): one line, not a traceback.
-            log.warning(
-                "database unavailable on %s %s: %s", request.method, request.url.path, repr(exc)
-            )
-            return json_error(
-                503, "database unavailable; retry shortly", "database_unavailable",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )  # fmt: skip
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return json_error(500, "internal server error", "internal")
+
+    async def _database(request: Request, exc: Exception) -> Response:
+        """Registered by class (not through the catch-all above, which Starlette re-raises
+        to the server's log after answering): a bad day is one line, not a traceback."""
+        if not database_unavailable(exc):
+            return await _unexpected(request, exc)
+        # The driver's own words only: a DBAPI error's text would carry the statement and
+        # its parameters.
+        cause = getattr(exc, "orig", None) or exc
+        log.warning(
+            "database unavailable on %s %s: %s: %s",
+            request.method, request.url.path, type(cause).__name__, cause,
+        )  # fmt: skip
+        return json_error(
+            503, "database unavailable; retry shortly", "database_unavailable",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )  # fmt: skip
+
+    for kind in DATABASE_ERROR_KINDS:
+        app.add_exception_handler(kind, _database)

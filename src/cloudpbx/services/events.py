@@ -250,10 +250,15 @@ class EventHub:
         for pbx_id, group in groups.items():
             try:
                 await self._store.append(group)
-            except Exception:
-                log.exception(
-                    "could not persist %d WebSocket messages of PBX %d", len(group), pbx_id
-                )
+            except Exception as exc:
+                # The first failure with its traceback; the retries of an outage (up to
+                # MAX_ATTEMPTS) one line each.
+                log.log(
+                    logging.WARNING if self._failed_attempts else logging.ERROR,
+                    "could not persist %d WebSocket messages of PBX %d (attempt %d): %s",
+                    len(group), pbx_id, self._failed_attempts + 1, type(exc).__name__,
+                    exc_info=not self._failed_attempts,
+                )  # fmt: skip
                 failed.extend(group)
             else:
                 self._flushed_since_prune += len(group)
