@@ -20,11 +20,11 @@ import time
 
 import orjson
 
-from bench import ami, cdr, fanout, keepalive, memory, storefirst, transcription
+from bench import ami, cdr, fanout, keepalive, memory, scaleout, storefirst, transcription
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami")
+SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami", "scaleout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,6 +109,9 @@ async def main(args: argparse.Namespace) -> Report:
     if "ami" in suites:
         await quiet("ami")
         await ami.run(report, quick=args.quick)
+    if "scaleout" in suites:
+        await quiet("scaleout")
+        await scaleout.run(report, quick=args.quick)
     return report
 
 

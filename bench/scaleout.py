@@ -1,0 +1,493 @@
+"""Benchmark: scale-out, `cloudpbx serve` with 1 and with 2 worker processes (issue 12).
+
+Both deployments run the production server (`cloudpbx serve [--workers 2]`, no bench
+routes) on the same PostgreSQL and the same NATS JetStream server, so the only difference
+is the process count. For each, one after the other in the same run:
+
+- fan-out: 1,000 WebSocket clients on one PBX, spread over the workers by the kernel
+  (SO_REUSEPORT). The orchestrator holds a runtime of its own on the same database and
+  engine and publishes `subscriber` events through `EventHub.publish`: into the engine
+  once, and every worker's follower fans the stream out to its local clients, exactly as
+  an AMI connector in another process would. Rising rates; the sustained rate is the
+  highest step kept on schedule with nothing lost and p99 <= 100 ms.
+- `/cdr`: a full day (10,000 rows), four keep-alive clients, cached page.
+
+Besides rates it prints the CPU of every party (server processes, client processes, the
+publisher, everything else on the machine): on a 2-core machine the clients compete with
+the server for the same cores, which bounds the ratio (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+from array import array
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+import nats
+from sqlalchemy.engine import make_url
+
+from bench.cdr import AUTH, load
+from bench.common import HOST, LOG_DIR, Child, CpuMeter, percentile
+from bench.report import Report, ms, rate, table
+from bench.seed import CDR_KEY, CDR_PBX, FIRST_DAY, SEED, WS_KEY, WS_PBX, ZONE, _day_rows
+from bench.servers import Server
+from bench.wsload import Clients, close_clients, open_clients
+from cloudpbx.domain.events import Subscriber
+from cloudpbx.domain.states import DeviceState
+from cloudpbx.runtime import Runtime, build_runtime
+from cloudpbx.settings import Settings
+
+CLIENTS = 1_000
+CLIENT_PROCS = 2
+TARGET_RATIO = 1.7
+TARGET_P99 = 0.100
+FULL_RATES = [20.0, 40.0, 60.0, 80.0, 100.0, 130.0, 160.0, 200.0]
+QUICK_RATES = [40.0]
+CDR_CONNS = 4
+DAY_ROWS = 10_000
+MAX_BEHIND = 3.0
+ADMIN = os.environ.get("BENCH_PG_URL") or os.environ.get(
+    "CLOUDPBX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+NATS = os.environ.get("CLOUDPBX_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+@dataclass
+class Deployment:
+    """One `cloudpbx serve` (its supervisor, if any, and its workers) on a scratch database."""
+
+    workers: int
+    settings: Settings
+    port: int
+    child: Child
+    publisher: Runtime
+    pids: list[int]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+def deployment_settings(workers: int, database: str, stream: str) -> Settings:
+    """What the servers and the publisher share: database, engine and its stream."""
+    return Settings(
+        data_dir=LOG_DIR.parent / f"scaleout-{workers}",
+        database_url=database,
+        backend="none",
+        sms_gateway="none",
+        event_engine_url=NATS,
+        event_engine_stream=stream,
+    )
+
+
+@dataclass
+class FanoutStep:
+    rate: float
+    offered_per_s: float
+    delivered: int
+    expected: int
+    delivered_per_s: float
+    p50: float
+    p99: float
+    published: int
+    count: int
+    cores: dict[str, float]
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.delivered
+
+    @property
+    def kept_up(self) -> bool:
+        return (
+            self.published == self.count
+            and self.lost == 0
+            and self.p99 <= TARGET_P99
+            and self.delivered_per_s >= 0.95 * self.offered_per_s
+        )
+
+    def us_per_delivery(self, party: str) -> float:
+        return self.cores[party] / self.delivered_per_s * 1e6 if self.delivered_per_s else 0.0
+
+
+def _dsn(url: str, database: str | None = None) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(_dsn(ADMIN))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def seed_database(name: str) -> str:
+    """A migrated scratch database with the WebSocket PBX and one full day of CDRs."""
+    from cloudpbx.storage import migrate
+    from cloudpbx.storage.database import create_engine
+    from cloudpbx.storage.tenants import TenantStore
+
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        tenants = TenantStore(engine)
+        for pbx, key in ((WS_PBX, WS_KEY), (CDR_PBX, CDR_KEY)):
+            await tenants.create(pbx, ZONE)
+            await tenants.create_key(pbx, "bench", value=key)
+        cdr_tenant = await tenants.require(CDR_PBX)
+    finally:
+        await engine.dispose()
+    rows = _day_rows(random.Random(SEED), FIRST_DAY, DAY_ROWS, ZoneInfo(ZONE), 1)
+    conn = await asyncpg.connect(_dsn(ADMIN, name))
+    try:
+        await conn.copy_records_to_table(
+            "cdr",
+            records=[(cdr_tenant.id, datetime.fromisoformat(str(r[1])), *r[2:]) for r in rows],
+            columns=[
+                "pbx_id", "started_at", "calldate", "clid", "src", "dst", "channel",
+                "dstchannel", "lastapp", "duration", "billsec", "disposition", "uniqueid",
+                "cost", "zone", "rendered",
+            ],
+        )  # fmt: skip
+        await conn.execute("VACUUM ANALYZE cdr")
+    finally:
+        await conn.close()
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+async def _wait_ready(url: str, proc: asyncio.subprocess.Process, workers: int) -> None:
+    """Until /healthz answers 200 and the supervisor has started its workers (90 s at most;
+    multiprocessing may add a resource-tracker child, hence at least N children)."""
+    deadline = time.monotonic() + 90
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        while True:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve --workers {workers} did not start (see its log)")
+            started = len(_children(proc.pid)) if workers > 1 else 1
+            with contextlib.suppress(httpx.HTTPError):
+                if started >= workers and (await client.get("/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.3)
+
+
+async def start_deployment(workers: int, token: str) -> Deployment:
+    """`cloudpbx serve --workers N` on a free port; ready when every worker answers."""
+    database = await seed_database(f"cloudpbx_scaleout_{token}_{workers}")
+    port = free_port()
+    stream = f"CPBXSCALE_{token}_{workers}"
+    settings = deployment_settings(workers, database, stream)
+    env = {
+        **os.environ,
+        "CLOUDPBX_DATABASE_URL": database,
+        "CLOUDPBX_EVENT_ENGINE_URL": NATS,
+        "CLOUDPBX_EVENT_ENGINE_STREAM": stream,
+        "CLOUDPBX_DATA_DIR": str(settings.data_dir),
+        "CLOUDPBX_BACKEND": "none",
+        "CLOUDPBX_SMS_GATEWAY": "none",
+        "CLOUDPBX_LOG_LEVEL": "warning",
+    }
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"scaleout-serve-{workers}.log"
+    cli = Path(sys.executable).with_name("cloudpbx")
+    args = ["serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(cli), *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env
+        )
+    child = Child(f"serve-{workers}", proc, log_path)
+    url = f"http://{HOST}:{port}"
+    try:
+        await _wait_ready(url, proc, workers)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        await child.stop(grace=40)
+        raise
+    publisher = build_runtime(settings)
+    await publisher.start()
+    return Deployment(workers, settings, port, child, publisher, [proc.pid, *_children(proc.pid)])
+
+
+async def stop_deployment(deployment: Deployment) -> None:
+    with contextlib.suppress(Exception):
+        await deployment.publisher.stop()
+    proc = deployment.child.proc
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    await deployment.child.stop(grace=40)
+    with contextlib.suppress(Exception):
+        name = make_url(deployment.settings.database_url).database
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.suppress(Exception):
+        nc = await nats.connect(NATS, max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().delete_stream(deployment.settings.event_engine_stream)
+        finally:
+            await nc.close()
+
+
+def _take(path: Path) -> bytes:
+    """Read and remove a latency file a client worker wrote (small; read synchronously)."""
+    data = path.read_bytes()
+    path.unlink(missing_ok=True)
+    return data
+
+
+async def publish(runtime: Runtime, count: int, per_second: float, step: int) -> dict[str, float]:
+    """`count` events through the hub at `per_second`, each carrying its scheduled time."""
+    tenant = await runtime.tenants.require(WS_PBX)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    wall_start = time.time()
+    published = 0
+    for index in range(count):
+        delay = start + index / per_second - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif -delay > MAX_BEHIND:
+            break
+        scheduled = repr(wall_start + index / per_second)
+        event = Subscriber(f"{WS_PBX}-101", DeviceState.IN_USE, str(step), scheduled)
+        await runtime.hub.publish(tenant, [event])
+        published += 1
+    return {"published": published, "t_first": wall_start}
+
+
+async def fanout_step(
+    deployment: Deployment, clients: Clients, step: int, per_second: float, count: int
+) -> FanoutStep:
+    drain = 10.0
+    deadline = count / per_second + drain
+    for child in clients.children:
+        await child.send({"cmd": "step", "step": step, "expect": count, "deadline": deadline})
+    for child in clients.children:
+        await child.read(within=30)
+    meter = CpuMeter(
+        {"server": deployment.pids, "clients": clients.pids, "publisher": [os.getpid()]}
+    )
+    meter.start()
+    sent = await publish(deployment.publisher, count, per_second, step)
+    if sent["published"] < count:
+        for child in clients.children:
+            await child.send({"cmd": "expect", "step": step, "expect": int(sent["published"])})
+    results = await asyncio.gather(*(c.read(within=deadline + 60) for c in clients.children))
+    cores = meter.stop()
+    latencies = array("d")
+    for result in results:
+        latencies.frombytes(_take(Path(result["path"])))
+    ordered = sorted(latencies)
+    delivered = sum(r["received"] for r in results)
+    last = max((r["t_last"] for r in results if r["t_last"]), default=0.0)
+    window = max(1e-9, last - sent["t_first"])
+    return FanoutStep(
+        rate=per_second,
+        offered_per_s=per_second * clients.ok,
+        delivered=delivered,
+        expected=sum(r["expected"] for r in results),
+        delivered_per_s=delivered / window if delivered else 0.0,
+        p50=percentile(ordered, 50),
+        p99=percentile(ordered, 99),
+        published=int(sent["published"]),
+        count=count,
+        cores=cores,
+    )
+
+
+async def measure(deployment: Deployment, quick: bool) -> dict[str, Any]:
+    """The fan-out ladder, then the /cdr load, on one deployment."""
+    label = f"{deployment.workers} process" + ("es" if deployment.workers > 1 else "")
+    server = Server("cloudpbx", deployment.child, deployment.port)
+    clients = await open_clients(
+        server, CLIENTS, CLIENT_PROCS, f"scaleout-{deployment.workers}", False, "raw"
+    )
+    steps: list[FanoutStep] = []
+    try:
+        if clients.failed:
+            raise RuntimeError(f"{clients.failed} connections failed: {clients.errors[:2]}")
+        await fanout_step(deployment, clients, 1, 20.0, 10)  # warm-up: followers, JIT caches
+        seconds = 3.0 if quick else 5.0
+        for index, per_second in enumerate(QUICK_RATES if quick else FULL_RATES, start=2):
+            step = await fanout_step(
+                deployment, clients, index, per_second, round(per_second * seconds)
+            )
+            steps.append(step)
+            print(
+                f"[scaleout] {label}: {per_second:.0f} events/s x {clients.ok}: "
+                f"{rate(step.delivered_per_s)} delivered, p50 {ms(step.p50)}, p99 {ms(step.p99)}, "
+                f"lost {step.lost}, published {step.published}/{step.count}; cores: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in step.cores.items())
+            )
+            if not step.kept_up:
+                break
+    finally:
+        await close_clients(clients)
+    day = FIRST_DAY.isoformat()
+    cdr_runs = []
+    for _ in range(1 if quick else 2):
+        cdr_runs.append(
+            await load(
+                deployment.port,
+                f"/cdr?datestart={day}&datestop={day}",
+                CDR_CONNS,
+                3.0 if quick else 8.0,
+                0,
+                [AUTH],
+                deployment.pids,
+            )
+        )
+    requests = sum(r["requests"] for r in cdr_runs)
+    elapsed = sum(r["seconds"] for r in cdr_runs)
+    errors = sum(r["errors"] for r in cdr_runs)
+    server_cores = sum(r["cpu"]["server"] for r in cdr_runs) / len(cdr_runs)
+    cdr = {
+        "rps": requests / elapsed,
+        "p50": percentile(sorted(x for r in cdr_runs for x in r["latencies"]), 50),
+        "errors": errors,
+        "server_cores": server_cores,
+        "client_cores": sum(r["cpu"]["client"] for r in cdr_runs) / len(cdr_runs),
+        "other_cores": sum(r["cpu"]["other"] for r in cdr_runs) / len(cdr_runs),
+        "ms_cpu_per_request": server_cores * elapsed / max(1, requests) * 1e3,
+    }
+    print(
+        f"[scaleout] {label}: /cdr x{CDR_CONNS} {cdr['rps']:.0f} req/s, p50 {ms(cdr['p50'])}, "
+        f"errors {errors}; cores: server {server_cores:.2f}, client {cdr['client_cores']:.2f}, "
+        f"other {cdr['other_cores']:.2f}"
+    )
+    return {"label": label, "steps": steps, "cdr": cdr}
+
+
+def sustained(steps: list[FanoutStep]) -> FanoutStep | None:
+    kept = [s for s in steps if s.kept_up]
+    return max(kept, key=lambda s: s.delivered_per_s) if kept else None
+
+
+async def run(report: Report, *, quick: bool) -> None:
+    suite = "scaleout"
+    token = secrets.token_hex(3)
+    results: dict[int, dict[str, Any]] = {}
+    for workers in (1, 2):
+        deployment = None
+        try:
+            deployment = await start_deployment(workers, token)
+            results[workers] = await measure(deployment, quick)
+        except Exception as exc:
+            report.fail(suite, f"{workers} process(es)", f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            if deployment is not None:
+                await stop_deployment(deployment)
+    rows = []
+    for result in results.values():
+        for s in result["steps"]:
+            rows.append(
+                [
+                    result["label"], f"{s.offered_per_s:,.0f}", f"{s.delivered_per_s:,.0f}",
+                    str(s.lost), ms(s.p50), ms(s.p99), f"{s.cores['server']:.2f}",
+                    f"{s.us_per_delivery('server'):.1f}", f"{s.cores['clients']:.2f}",
+                    f"{s.us_per_delivery('clients'):.1f}", f"{s.cores['publisher']:.2f}",
+                    f"{s.cores['other']:.2f}",
+                ]
+            )  # fmt: skip
+    print()
+    print(
+        table(
+            [
+                "deployment",
+                "offered/s",
+                "delivered/s",
+                "lost",
+                "p50",
+                "p99",
+                "srv cores",
+                "srv us/dlv",
+                "client cores",
+                "client us/dlv",
+                "publisher",
+                "other",
+            ],
+            rows,
+            right=tuple(range(1, 12)),
+        )
+    )
+    print()
+    report.details[suite] = {
+        str(w): {
+            "steps": [{**s.__dict__, "lost": s.lost, "kept_up": s.kept_up} for s in r["steps"]],
+            "cdr": r["cdr"],
+        }
+        for w, r in results.items()
+    }
+    one, two = (sustained(results[w]["steps"]) for w in (1, 2))
+    one_rate = one.delivered_per_s if one else 0.0
+    two_rate = two.delivered_per_s if two else 0.0
+    for workers, best in ((1, one), (2, two)):
+        if best is None:
+            report.add(suite, f"fan-out, {workers} process(es)", "no step kept up")
+            continue
+        report.add(
+            suite,
+            f"fan-out sustained, {workers} process(es)",
+            rate(best.delivered_per_s),
+            note=f"p99 {ms(best.p99)}; server {best.us_per_delivery('server'):.1f} us, "
+            f"clients {best.us_per_delivery('clients'):.1f} us CPU per delivery; "
+            f"other load {best.cores['other']:.2f} cores",
+        )
+    ratio = two_rate / one_rate if one_rate else 0.0
+    top = results[2]["steps"][-1] if results[2]["steps"] else None
+    ceiling = (
+        "" if top is None or not top.kept_up else "; 2 processes not saturated at the top step"
+    )
+    report.add(
+        suite,
+        "fan-out 2 vs 1 process (deliveries/s, p99 <= 100 ms)",
+        f"{ratio:.2f}x",
+        f">= {TARGET_RATIO}x",
+        ratio >= TARGET_RATIO,
+        f"{rate(one_rate)} -> {rate(two_rate)}{ceiling}",
+    )
+    cdr_one, cdr_two = results[1]["cdr"], results[2]["cdr"]
+    cdr_ratio = cdr_two["rps"] / cdr_one["rps"] if cdr_one["rps"] else 0.0
+    report.add(
+        suite,
+        f"/cdr 2 vs 1 process (req/s, {CDR_CONNS} clients)",
+        f"{cdr_ratio:.2f}x",
+        f">= {TARGET_RATIO}x",
+        cdr_ratio >= TARGET_RATIO and not cdr_one["errors"] and not cdr_two["errors"],
+        f"{cdr_one['rps']:.0f} -> {cdr_two['rps']:.0f} req/s; server CPU "
+        f"{cdr_one['ms_cpu_per_request']:.2f} / {cdr_two['ms_cpu_per_request']:.2f} ms per "
+        f"request; client cores {cdr_one['client_cores']:.2f} / {cdr_two['client_cores']:.2f}",
+    )
