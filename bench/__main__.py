@@ -20,11 +20,31 @@ import time
 
 import orjson
 
-from bench import ami, cdr, fanout, keepalive, memory, scaleout, storefirst, transcription
+from bench import (
+    ami,
+    amiengine,
+    cdr,
+    fanout,
+    keepalive,
+    memory,
+    scaleout,
+    storefirst,
+    transcription,
+)
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami", "scaleout")
+SUITES = (
+    "cdr",
+    "fanout",
+    "memory",
+    "keepalive",
+    "storefirst",
+    "transcription",
+    "ami",
+    "scaleout",
+    "amiengine",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,6 +132,9 @@ async def main(args: argparse.Namespace) -> Report:
     if "scaleout" in suites:
         await quiet("scaleout")
         await scaleout.run(report, quick=args.quick)
+    if "amiengine" in suites:
+        await quiet("amiengine")
+        await amiengine.run(report, quick=args.quick)
     return report
 
 

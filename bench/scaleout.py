@@ -131,7 +131,7 @@ def _dsn(url: str, database: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-async def _admin(sql: str) -> None:
+async def admin_sql(sql: str) -> None:
     conn = await asyncpg.connect(_dsn(ADMIN))
     try:
         await conn.execute(sql)
@@ -145,8 +145,8 @@ async def seed_database(name: str) -> str:
     from cloudpbx.storage.database import create_engine
     from cloudpbx.storage.tenants import TenantStore
 
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{name}"')
+    await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_sql(f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
     engine = create_engine(url)
     try:
@@ -203,61 +203,77 @@ async def _wait_ready(url: str, proc: asyncio.subprocess.Process, workers: int) 
             await asyncio.sleep(0.3)
 
 
-async def start_deployment(workers: int, token: str) -> Deployment:
-    """`cloudpbx serve --workers N` on a free port; ready when every worker answers."""
-    database = await seed_database(f"cloudpbx_scaleout_{token}_{workers}")
+async def launch_serve(name: str, workers: int, settings_env: dict[str, str]) -> tuple[Child, int]:
+    """`cloudpbx serve --workers N` (the production command) on a free port, with these
+    CLOUDPBX_* variables; returns once every worker is up and /healthz answers 200."""
     port = free_port()
-    stream = f"CPBXSCALE_{token}_{workers}"
-    settings = deployment_settings(workers, database, stream)
-    env = {
-        **os.environ,
-        "CLOUDPBX_DATABASE_URL": database,
-        "CLOUDPBX_EVENT_ENGINE_URL": NATS,
-        "CLOUDPBX_EVENT_ENGINE_STREAM": stream,
-        "CLOUDPBX_DATA_DIR": str(settings.data_dir),
-        "CLOUDPBX_BACKEND": "none",
-        "CLOUDPBX_SMS_GATEWAY": "none",
-        "CLOUDPBX_LOG_LEVEL": "warning",
-    }
+    env = {**os.environ, "CLOUDPBX_LOG_LEVEL": "warning", **settings_env}
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"scaleout-serve-{workers}.log"
+    log_path = LOG_DIR / f"{name}.log"
     cli = Path(sys.executable).with_name("cloudpbx")
     args = ["serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             str(cli), *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env
         )
-    child = Child(f"serve-{workers}", proc, log_path)
-    url = f"http://{HOST}:{port}"
+    child = Child(name, proc, log_path)
     try:
-        await _wait_ready(url, proc, workers)
+        await _wait_ready(f"http://{HOST}:{port}", proc, workers)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        await child.stop(grace=40)
+        await stop_serve(child)
         raise
+    return child, port
+
+
+async def stop_serve(child: Child) -> None:
+    """SIGTERM (WebSockets closed with 1012, leases released), SIGKILL after 40 s."""
+    if child.proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.send_signal(signal.SIGTERM)
+    await child.stop(grace=40)
+
+
+async def drop_scratch(database_url: str, stream: str) -> None:
+    """Remove a scratch database and its engine stream (best effort: cleanup only)."""
+    with contextlib.suppress(Exception):
+        name = make_url(database_url).database
+        await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.suppress(Exception):
+        nc = await nats.connect(NATS, max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    return {
+        "CLOUDPBX_DATABASE_URL": settings.effective_database_url,
+        "CLOUDPBX_EVENT_ENGINE_URL": settings.event_engine_url,
+        "CLOUDPBX_EVENT_ENGINE_STREAM": settings.event_engine_stream,
+        "CLOUDPBX_DATA_DIR": str(settings.data_dir),
+        "CLOUDPBX_BACKEND": settings.backend,
+        "CLOUDPBX_SMS_GATEWAY": settings.sms_gateway,
+    }
+
+
+async def start_deployment(workers: int, token: str) -> Deployment:
+    """A seeded scratch database, `serve --workers N` on it, and the publisher's runtime."""
+    database = await seed_database(f"cloudpbx_scaleout_{token}_{workers}")
+    settings = deployment_settings(workers, database, f"CPBXSCALE_{token}_{workers}")
+    child, port = await launch_serve(f"scaleout-serve-{workers}", workers, server_env(settings))
     publisher = build_runtime(settings)
     await publisher.start()
-    return Deployment(workers, settings, port, child, publisher, [proc.pid, *_children(proc.pid)])
+    pids = [child.pid, *_children(child.pid)]
+    return Deployment(workers, settings, port, child, publisher, pids)
 
 
 async def stop_deployment(deployment: Deployment) -> None:
     with contextlib.suppress(Exception):
         await deployment.publisher.stop()
-    proc = deployment.child.proc
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    await deployment.child.stop(grace=40)
-    with contextlib.suppress(Exception):
-        name = make_url(deployment.settings.database_url).database
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    with contextlib.suppress(Exception):
-        nc = await nats.connect(NATS, max_reconnect_attempts=0)
-        try:
-            await nc.jetstream().delete_stream(deployment.settings.event_engine_stream)
-        finally:
-            await nc.close()
+    await stop_serve(deployment.child)
+    settings = deployment.settings
+    await drop_scratch(settings.effective_database_url, settings.event_engine_stream)
 
 
 def _take(path: Path) -> bytes:
