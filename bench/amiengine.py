@@ -27,7 +27,7 @@ from tests.fakes.ami_server import STATUS_TEXT, FakeAmi
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.ami import KEY, PBX, Seen, first_match, read_extstatus, write_toml
-from bench.common import DATA_DIR, HOST, Child, percentile
+from bench.common import DATA_DIR, HOST, Child, CpuMeter, percentile
 from bench.report import Report, ms
 from bench.scaleout import ADMIN, NATS, admin_sql, drop_scratch, launch_serve, stop_serve
 from cloudpbx.adapters.asterisk.framing import AmiMessage
@@ -145,19 +145,23 @@ async def run(report: Report, *, quick: bool) -> None:
     try:
         for index, (label, engine) in enumerate(kinds.items()):
             lanes.append(await open_lane(label, engine, token, index))
+        meter = CpuMeter({"servers": [lane.child.pid for lane in lanes]})
+        meter.start()
         status = 4
         for _ in range(QUICK_CHANGES if quick else FULL_CHANGES):
             status = 0 if status == 4 else 4
             for lane in lanes:
                 lane.latencies.append(await change(lane, status, within=10.0))
                 await asyncio.sleep(PAUSE)
+        cores = meter.stop()
     except Exception as exc:
         report.fail(SUITE, "AMI -> WebSocket", f"{type(exc).__name__}: {exc}")
         return
     finally:
         for lane in lanes:
             await close_lane(lane)
-    details: dict[str, Any] = {}
+    print(f"[{SUITE}] cores: servers {cores['servers']:.2f}, other {cores['other']:.2f}")
+    details: dict[str, Any] = {"cores": cores}
     for lane in lanes:
         ordered = sorted(lane.latencies)
         p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
@@ -173,6 +177,7 @@ async def run(report: Report, *, quick: bool) -> None:
             f"{ms(p50)} / {ms(p99)}",
             "p99 <= 20 ms" if engine else "",
             (p99 <= TARGET_P99) if engine else None,
-            f"{len(ordered)} changes, max {ms(ordered[-1])}; includes the 5 ms flush_delay",
+            f"{len(ordered)} changes, max {ms(ordered[-1])}; includes the 5 ms flush_delay; "
+            f"other load {cores['other']:.2f} cores",
         )
     report.details[SUITE] = details

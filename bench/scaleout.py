@@ -130,7 +130,10 @@ class FanoutStep:
 
     def us_per_event(self, party: str) -> float:
         """CPU per published event (one event = one delivery to each of the clients)."""
-        return self.cores[party] * self.seconds / self.published * 1e6 if self.published else 0.0
+        if not self.published:
+            return 0.0
+        # Clamped: a process that exits during the step takes its CPU time with it.
+        return max(0.0, self.cores[party]) * self.seconds / self.published * 1e6
 
 
 def _dsn(url: str, database: str | None = None) -> str:
