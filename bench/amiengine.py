@@ -119,13 +119,24 @@ async def open_lane(label: str, engine: bool, token: str, index: int) -> Lane:
         child, port = await launch_serve(f"amiengine-serve-{index}", 1, env)
     except BaseException:
         await fake.close()
+        await drop_scratch(database, stream)
         raise
-    ws = await connect(f"ws://{HOST}:{port}/ws/pbx_{PBX}?pbxkey={KEY}", max_size=None)
+    try:
+        ws = await connect(f"ws://{HOST}:{port}/ws/pbx_{PBX}?pbxkey={KEY}", max_size=None)
+    except BaseException:
+        await stop_serve(child)
+        await fake.close()
+        await drop_scratch(database, stream)
+        raise
     seen: list[Seen] = []
     reader = asyncio.create_task(read_extstatus(ws, seen))
     lane = Lane(label, fake, child, ws, reader, seen, database, stream, [])
-    # Warm-up: the connector's lease, login and resync, the engine follower's start.
-    await change(lane, 4, within=60.0)
+    try:
+        # Warm-up: the connector's lease, login and resync, the engine follower's start.
+        await change(lane, 4, within=60.0)
+    except BaseException:
+        await close_lane(lane)
+        raise
     return lane
 
 

@@ -286,11 +286,19 @@ async def start_deployment(workers: int, token: str) -> Deployment:
     """A seeded scratch database, `serve --workers N` on it, and the publisher's runtime."""
     database = await seed_database(f"cloudpbx_scaleout_{token}_{workers}")
     settings = deployment_settings(workers, database, f"CPBXSCALE_{token}_{workers}")
-    child, port = await launch_serve(f"scaleout-serve-{workers}", workers, server_env(settings))
-    publisher = build_runtime(settings)
-    await publisher.start()
-    pids = [child.pid, *_children(child.pid)]
-    return Deployment(workers, settings, port, child, publisher, pids)
+    try:
+        child, port = await launch_serve(f"scaleout-serve-{workers}", workers, server_env(settings))
+    except BaseException:
+        await drop_scratch(database, settings.event_engine_stream)
+        raise
+    deployment = Deployment(workers, settings, port, child, build_runtime(settings), [])
+    try:
+        await deployment.publisher.start()
+    except BaseException:
+        await stop_deployment(deployment)
+        raise
+    deployment.pids = [child.pid, *_children(child.pid)]
+    return deployment
 
 
 async def stop_deployment(deployment: Deployment) -> None:
