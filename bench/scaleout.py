@@ -79,10 +79,7 @@ class Deployment:
     child: Child
     publisher: Runtime
     pids: list[int]
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    """The server's processes: `serve` itself and, with --workers N, its children."""
 
 
 def deployment_settings(workers: int, database: str, stream: str) -> Settings:
