@@ -8,16 +8,18 @@ unless half a block goes out while one reservation is stuck. A crash skips the r
 the block, a clean shutdown gives it back.
 
 Store before publish: `publish` numbers the messages and queues them; a group commit
-every `flush_interval` (a few ms) writes what is queued, one transaction per PBX, and
-only then appends it to the in-memory history and hands it to the bus, in id order. So
-every message a client ever saw is in the database: a crash loses only messages nobody
-received, and a resume after it is complete. The same order (commit, then publish) holds
-for a bus that spans processes: whoever publishes a message has stored it first.
+every `flush_interval` (a few ms) writes what is queued for all PBXes in one transaction,
+and only then appends each PBX's group to its in-memory history and hands it to the bus
+in one `publish_batch`, in id order. So every message a client ever saw is in the
+database: a crash loses only messages nobody received, and a resume after it is
+complete. The same order (commit, then publish) holds for a bus that spans processes:
+whoever publishes a message has stored it first.
 
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
 database at first use, once per channel even when several callers ask at once) for
-instant resume; older rows are pruned. A failing write is retried with back-off, one
-transaction per PBX, and given up after `MAX_ATTEMPTS`: those messages are never
+instant resume; older rows are pruned. When the shared write fails, each PBX is retried
+at once in its own transaction (so one deleted PBX fails alone); what still fails is
+retried with back-off and given up after `MAX_ATTEMPTS`: those messages are never
 delivered (their ids are skipped). close() waits for a write in flight, writes what is
 left and gives unused ids back.
 """
@@ -239,19 +241,7 @@ class EventHub:
         groups: dict[int, list[tuple[int, WireMessage]]] = {}
         for item in batch:
             groups.setdefault(item[0], []).append(item)
-        failed: list[tuple[int, WireMessage]] = []
-        # One transaction per PBX: a PBX deleted meanwhile fails alone.
-        for pbx_id, group in groups.items():
-            try:
-                await self._store.append(group)
-            except Exception:
-                log.exception(
-                    "could not persist %d WebSocket messages of PBX %d", len(group), pbx_id
-                )
-                failed.extend(group)
-            else:
-                self._flushed_since_prune += len(group)
-                await self._deliver(pbx_id, group)
+        failed = await self._commit(batch, groups)
         if not failed:
             self._failed_attempts = 0
             return True
@@ -267,6 +257,54 @@ class EventHub:
         else:
             self._pending[:0] = failed
         return False
+
+    async def _commit(
+        self,
+        batch: list[tuple[int, WireMessage]],
+        groups: dict[int, list[tuple[int, WireMessage]]],
+    ) -> list[tuple[int, WireMessage]]:
+        """Store a flush's messages, then deliver each PBX's group; returns what failed.
+
+        Every PBX of the flush shares one transaction: with thousands of small channels a
+        transaction per PBX would be thousands of commits a second. Only when the shared
+        one fails (a PBX deleted meanwhile, the database down) is each PBX retried in its
+        own transaction, so that one bad PBX fails alone.
+        """
+        try:
+            await self._store.append(batch)
+        except Exception:
+            if len(groups) > 1:
+                log.warning(
+                    "could not persist %d WebSocket messages of %d PBXes together; "
+                    "retrying each PBX alone",
+                    len(batch),
+                    len(groups),
+                    exc_info=True,
+                )
+                return await self._commit_each(groups)
+            log.exception("could not persist %d WebSocket messages of PBX %d", len(batch), *groups)
+            return batch
+        self._flushed_since_prune += len(batch)
+        for pbx_id, group in groups.items():
+            await self._deliver(pbx_id, group)
+        return []
+
+    async def _commit_each(
+        self, groups: dict[int, list[tuple[int, WireMessage]]]
+    ) -> list[tuple[int, WireMessage]]:
+        failed: list[tuple[int, WireMessage]] = []
+        for pbx_id, group in groups.items():
+            try:
+                await self._store.append(group)
+            except Exception:
+                log.exception(
+                    "could not persist %d WebSocket messages of PBX %d", len(group), pbx_id
+                )
+                failed.extend(group)
+            else:
+                self._flushed_since_prune += len(group)
+                await self._deliver(pbx_id, group)
+        return failed
 
     async def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
         """Stored messages join the history and go to the bus, in id order."""
