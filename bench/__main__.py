@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench               # full run, several minutes
     .venv/bin/python -m bench --quick       # smoke run, about a minute
-    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, memory, keepalive,
-                                            # storefirst, transcription, ami
+    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, channels, memory,
+                                            # keepalive, storefirst, transcription, ami
 
 Every server runs in its own process on 127.0.0.1, the load in other processes. Numbers
 go to stdout as tables, and to .bench-data/results-{quick,full}.json.
@@ -20,11 +20,20 @@ import time
 
 import orjson
 
-from bench import ami, cdr, fanout, keepalive, memory, storefirst, transcription
+from bench import ami, cdr, channels, fanout, keepalive, memory, storefirst, transcription
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami")
+SUITES = (
+    "cdr",
+    "fanout",
+    "channels",
+    "memory",
+    "keepalive",
+    "storefirst",
+    "transcription",
+    "ami",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,8 +107,12 @@ async def main(args: argparse.Namespace) -> Report:
         await fanout.run(report, quick=args.quick, profile=args.profile, **ws_args)
     if "memory" in suites:
         await quiet("memory")
-        await memory.run(report, profile=args.profile, **ws_args)
-    for name, module in (("keepalive", keepalive), ("storefirst", storefirst)):
+        await memory.run(report, quick=args.quick, profile=args.profile, **ws_args)
+    for name, module in (
+        ("channels", channels),
+        ("keepalive", keepalive),
+        ("storefirst", storefirst),
+    ):
         if name in suites:
             await quiet(name)
             await module.run(report, quick=args.quick, **ws_args)

@@ -75,7 +75,7 @@ def nginx_binary() -> str | None:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -89,28 +89,37 @@ async def start_nginx(body: bytes, gzip_level: int) -> Nginx | None:
         return None
     prefix = DATA_DIR / "nginx"
     root = prefix / "root"
-    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     (root / FILE_NAME).write_bytes(body)
     (root / f"{FILE_NAME}.gz").write_bytes(gzip.compress(body, gzip_level, mtime=0))
+    port = free_port()
+    config = CONFIG.format(
+        prefix=prefix, log=LOG_DIR / "nginx.log", host=HOST, port=port, root=root
+    )
+    return await launch(binary, prefix, config, port, f"/{FILE_NAME}", "nginx.log")
+
+
+async def launch(
+    binary: str, prefix: Path, config: str, port: int, probe: str, log_name: str
+) -> Nginx:
+    """Start nginx with `config` under `prefix`; return once `HEAD probe` answers 200
+    and the worker exists (or raise, with nginx stopped)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    config = prefix / "nginx.conf"
-    config.write_text(
-        CONFIG.format(prefix=prefix, log=LOG_DIR / "nginx.log", host=HOST, port=port, root=root)
-    )
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    config_path = prefix / "nginx.conf"
+    config_path.write_text(config)
     proc = await asyncio.create_subprocess_exec(
-        binary, "-p", str(prefix), "-c", str(config), stdin=asyncio.subprocess.DEVNULL
+        binary, "-p", str(prefix), "-c", str(config_path), stdin=asyncio.subprocess.DEVNULL
     )
-    server = Nginx(proc, port, f"/{FILE_NAME}")
+    server = Nginx(proc, port, probe)
     for _ in range(200):  # up to 10 s
         if proc.returncode is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}; see {LOG_DIR}/nginx.log")
+            raise RuntimeError(f"nginx exited with {proc.returncode}; see {LOG_DIR}/{log_name}")
         with contextlib.suppress(OSError):
             # An answer, not just a connection: the master listens before its worker
             # exists, and the worker is the process whose CPU the bench measures.
             reader, writer = await asyncio.open_connection(HOST, port)
-            writer.write(f"HEAD /{FILE_NAME} HTTP/1.0\r\n\r\n".encode())
+            writer.write(f"HEAD {probe} HTTP/1.0\r\n\r\n".encode())
             status = await reader.readline()
             writer.close()
             if status.startswith(b"HTTP/1.1 200") and len(server.pids()) > 1:
