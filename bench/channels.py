@@ -68,8 +68,12 @@ async def run(
         servers[many] = await start_cloudpbx(
             "channels-many", await channels_database("channels-many", channels), loop
         )
-        clients[one] = await _connect(servers[one], one, ONE_CHANNEL_CLIENTS, procs, client, 0)
-        clients[many] = await _connect(servers[many], many, channels, procs, client, channels)
+        clients[one] = await _connect(
+            servers[one], "channels-one", ONE_CHANNEL_CLIENTS, procs, client, 0
+        )
+        clients[many] = await _connect(
+            servers[many], "channels-many", channels, procs, client, channels
+        )
         # Warm-up, not reported: every channel loaded, every PBX's first ids reserved.
         await run_step(servers[one], clients[one], 1, rate=20, count=10, drain=10)
         warm = await run_step(

@@ -354,6 +354,7 @@ def compare(report: Report, suite: str, results: dict[str, list[StepResult]]) ->
         top = steps[-1]
         sustained = max((s.delivered_per_s for s in steps if qualifies(s)), default=0.0)
         where = "saturated" if top.saturated or top.p99 > SATURATED_P99 else "top step"
+        ceiling = rate(1e6 / max(top.server_us_per_delivery, 1e-3))
         report.add(
             suite,
             f"{name}: us/delivery at 20,000/s | full load",
@@ -361,7 +362,8 @@ def compare(report: Report, suite: str, results: dict[str, list[StepResult]]) ->
             if step
             else "-",
             note=f"p99 at 20,000/s {ms(step.p99) if step else '-'}; sustained "
-            f"{rate(sustained)}; full load = {top.offered_per_s:,.0f}/s offered ({where})",
+            f"{rate(sustained)}; full load = {top.offered_per_s:,.0f}/s offered ({where}); "
+            f"ceiling, 1 core / full-load cost: {ceiling}",
         )
     ours_20k = at_rate(ours, COMPARE_RATE)
     for name, steps, at_20k, full in (

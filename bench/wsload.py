@@ -13,6 +13,7 @@ from typing import Any
 from bench.common import DATA_DIR, Child, CpuMeter, percentile, spawn
 from bench.seed import WS_KEY, WS_PBX, channel_key, channel_pbx
 from bench.servers import WsServer
+from bench.wsclients import connect_deadline
 
 MAX_BEHIND = 3.0
 """Seconds the publisher may fall behind its schedule before it stops the step."""
@@ -63,7 +64,8 @@ async def open_clients(
         if compression:
             args.append("--compression")
         children.append(await spawn(worker, "bench.wsclients", *args))
-    readies = await asyncio.gather(*(c.read(within=240) for c in children))
+    within = connect_deadline(max(shares)) + 60
+    readies = await asyncio.gather(*(c.read(within=within) for c in children))
     return Clients(
         children,
         ok=sum(r["ok"] for r in readies),
