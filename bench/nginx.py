@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gzip
 import shutil
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import DATA_DIR, HOST, LOG_DIR
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 FILE_NAME = "cdr.json"
 CONFIG = """\
 worker_processes 1;
@@ -69,6 +72,13 @@ class Nginx:
                 await self.proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the orchestrator dies (nginx does not
+    read stdin, so it cannot notice as the Python children do)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
@@ -109,7 +119,13 @@ async def launch(
     config_path = prefix / "nginx.conf"
     config_path.write_text(config)
     proc = await asyncio.create_subprocess_exec(
-        binary, "-p", str(prefix), "-c", str(config_path), stdin=asyncio.subprocess.DEVNULL
+        binary,
+        "-p",
+        str(prefix),
+        "-c",
+        str(config_path),
+        stdin=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     server = Nginx(proc, port, probe)
     for _ in range(200):  # up to 10 s
