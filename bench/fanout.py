@@ -205,18 +205,19 @@ async def ladder(
 
 async def deflate_steps(
     servers: dict[str, WsServer], procs: int, step_no: int
-) -> dict[str, StepResult]:
+) -> dict[str, tuple[StepResult, int]]:
     """One step at COMPARE_RATE per server, with clients that offer permessage-deflate as
-    browsers do (the `websockets` client: the raw one has no deflate)."""
-    results: dict[str, StepResult] = {}
+    browsers do (the `websockets` client: the raw one has no deflate); with how many
+    connections the server accepted it."""
+    results: dict[str, tuple[StepResult, int]] = {}
     for kind, server in servers.items():
         clients = await connect(server, f"{kind}-deflate", procs, True, "websockets")
         try:
             count = round(COMPARE_RATE * 5)
             step = await run_step(server, clients, step_no, COMPARE_RATE, count, drain=10)
             step_no += 1
-            print(f"[fanout] deflate {describe(kind, step)}")
-            results[kind] = step
+            print(f"[fanout] deflate on {clients.deflated}: {describe(kind, step)}")
+            results[kind] = (step, clients.deflated)
         finally:
             await close_clients(clients)
     return results
@@ -242,7 +243,7 @@ async def run(
     servers: dict[str, WsServer] = {}
     clients: dict[str, Clients] = {}
     results: dict[str, list[StepResult]] = {}
-    deflate: dict[str, StepResult] = {}
+    deflate: dict[str, tuple[StepResult, int]] = {}
     try:
         servers = await start_servers("fanout", loop, report, suite)
         for kind, server in servers.items():
@@ -266,12 +267,14 @@ async def run(
                 await server.stop()
 
     rows = [r for kind in results for r in step_rows(kind, results[kind])]
-    rows += [r for kind, s in deflate.items() for r in step_rows(f"{kind} deflate", [s])]
+    rows += [r for kind, (s, _) in deflate.items() for r in step_rows(f"{kind} deflate", [s])]
     print()
     print(table(STEP_HEADERS, rows, right=tuple(range(1, 14))))
     print()
     report.details["fanout"] = {k: [s.as_json() for s in steps] for k, steps in results.items()}
-    report.details["fanout_deflate"] = {kind: s.as_json() for kind, s in deflate.items()}
+    report.details["fanout_deflate"] = {
+        kind: {**s.as_json(), "deflated": n} for kind, (s, n) in deflate.items()
+    }
     summarise(report, suite, results, deflate)
 
 
@@ -279,7 +282,7 @@ def summarise(
     report: Report,
     suite: str,
     results: dict[str, list[StepResult]],
-    deflate: dict[str, StepResult],
+    deflate: dict[str, tuple[StepResult, int]],
 ) -> None:
     ours = results.get("cloudpbx", [])
     if not ours:
@@ -328,9 +331,9 @@ def summarise(
             f"GC pause {ms(top.gc_pause_max)}",
         )
     compare(report, suite, results)
-    for kind, step in deflate.items():
+    for kind, (step, deflated) in deflate.items():
         plain = at_rate(results.get(kind, []), COMPARE_RATE)
-        ratio = ""
+        ratio = "no plain step at 20,000/s"
         if plain is not None and plain.server_us_per_delivery:
             ratio = f"{step.server_us_per_delivery / plain.server_us_per_delivery:.2f}x"
             ratio += f" of without ({plain.server_us_per_delivery:.1f} us)"
@@ -338,7 +341,7 @@ def summarise(
             suite,
             f"{kind}: CPU per delivery, clients offering deflate, 20,000/s",
             f"{step.server_us_per_delivery:.1f} us",
-            note=f"{ratio}; p99 {ms(step.p99)}, lost {step.lost}",
+            note=f"accepted on {deflated:,} of {CLIENTS:,}; {ratio}; p99 {ms(step.p99)}",
         )
 
 

@@ -254,6 +254,8 @@ class Worker:
         self.args = args
         self.counts = Counts()
         self.connections: list[LibraryClient | RawClient] = []
+        self.deflated = 0
+        """Connections on which the server accepted permessage-deflate."""
 
     async def _open_one(self, sem: asyncio.Semaphore, failures: list[str], number: int) -> None:
         kind = RawClient if self.args.client == "raw" else LibraryClient
@@ -266,6 +268,8 @@ class Worker:
                 return
         self.connections.append(client)
         self.counts.open_count += 1
+        if isinstance(client, LibraryClient) and client.ws.protocol.extensions:
+            self.deflated += 1  # permessage-deflate, the only extension offered
 
     async def open_all(self) -> None:
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -286,6 +290,7 @@ class Worker:
                 "failed": self.args.conns - len(self.connections),
                 "seconds": time.monotonic() - started,
                 "error": failures[0] if failures else "",
+                "deflated": self.deflated,
             }
         )
 

@@ -26,6 +26,8 @@ class Clients:
     failed: int
     connect_seconds: float
     errors: list[str]
+    deflated: int = 0
+    """Connections on which the server accepted permessage-deflate."""
 
     @property
     def pids(self) -> list[int]:
@@ -72,6 +74,7 @@ async def open_clients(
         failed=sum(r["failed"] for r in readies),
         connect_seconds=time.monotonic() - started,
         errors=[r["error"] for r in readies if r["error"]],
+        deflated=sum(r.get("deflated", 0) for r in readies),
     )
 
 
