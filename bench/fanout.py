@@ -104,7 +104,7 @@ def describe(kind: str, step: StepResult) -> str:
     if step.loop_lag_max:
         stalls = f"; longest loop stall {stall(step)}"
     if step.gc_pause_max:
-        stalls += f", GC pause {ms(step.gc_pause_max)}"
+        stalls += f", GC pause {ms(step.gc_pause_max)} ({step.gc_full_passes} full)"
     return (
         f"{kind:10s} {step.rate:4.0f} events/s x {step.connections}: "
         f"{rate(step.delivered_per_s):>10s} delivered, p50 {ms(step.p50)}, "
@@ -134,7 +134,7 @@ def step_rows(name: str, steps: list[StepResult]) -> list[list[str]]:
             f"{s.client_cores:.2f}",
             f"{s.other_cores:.2f}",
             stall(s) if s.loop_lag_max else "-",
-            ms(s.gc_pause_max) if s.gc_pause_max else "-",
+            f"{ms(s.gc_pause_max)} ({s.gc_full_passes})" if s.gc_pause_max else "-",
             f"{s.published}/{s.count}",
             ",".join(f"{k}x{v}" for k, v in s.close_codes.items()) or "-",
         ]
@@ -155,7 +155,7 @@ STEP_HEADERS = [
     "client cores",
     "other cores",
     "loop stall (busy)",
-    "GC pause",
+    "GC pause (full)",
     "published",
     "closes",
 ]

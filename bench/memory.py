@@ -34,6 +34,13 @@ async def _rss(server: WsServer, settle: float = 1.0) -> int:
     return int((await server.stats(WS_PBX))["rss_kib"])
 
 
+async def _gc_full(server: WsServer) -> dict[str, float]:
+    """cloudpbx only: objects the GC tracks and the time of one full pass (bench/serve.py)."""
+    if server.kind != "cloudpbx":
+        return {}
+    return {k: float(v) for k, v in (await server.control("POST", "/_bench/gc-full")).items()}
+
+
 async def measure(
     server: WsServer,
     name: str,
@@ -49,12 +56,14 @@ async def measure(
     await close_clients(warm)
     await wait_subscribers(server, 0)
     before = await _rss(server)
+    gc_before = await _gc_full(server)
     clients = await open_clients(server, count, procs, name, compression, client)
     try:
         held = await wait_subscribers(server, clients.ok, within=60)
         if clients.failed or held != count:
             raise RuntimeError(f"{clients.ok} connected, {held} held by the server, of {count}")
         idle = await _rss(server, PINGS_SETTLE)
+        gc_idle = await _gc_full(server)
         step = await run_step(server, clients, 2, rate=50, count=1, drain=15)
         after_event = await _rss(server)
     finally:
@@ -80,6 +89,9 @@ async def measure(
         "idle_kib_per_conn": (idle - before) / count,
         "after_event_kib_per_conn": (after_event - before) / count,
         "event_delivered": float(step.delivered),
+        **{f"gc_{k}_before": v for k, v in gc_before.items()},
+        **{f"gc_{k}_idle": v for k, v in gc_idle.items()},
+        "gc_tracked_per_conn": (gc_idle.get("tracked", 0) - gc_before.get("tracked", 0)) / count,
     }
 
 
@@ -168,6 +180,15 @@ async def run(
         f"{ours['after_event_kib_per_conn']:.1f} KiB",
         note=note,
     )
+    if "gc_tracked_idle" in ours:
+        report.add(
+            suite,
+            f"one full GC pass with {count:,} idle connections",
+            f"{ours['gc_full_pass_cpu_s_idle'] * 1000:.0f} ms",
+            note=f"{ours['gc_tracked_per_conn']:.0f} GC-tracked objects per connection, "
+            f"{ours['gc_tracked_idle']:,.0f} in all; "
+            f"{ours['gc_full_pass_cpu_s_before'] * 1000:.0f} ms without the connections",
+        )
     for kind, theirs in others.items():
         if theirs["idle_kib_per_conn"] > 0:
             report.add(

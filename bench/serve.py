@@ -18,6 +18,9 @@ production one); the only additions are routes under `/_bench/` on the same app:
 - `POST /_bench/publish-many?pbxes=&count=&rate=&step=`: the same over the first `pbxes`
   PBXes of the many-channel database (bench.seed.channels_database), interleaved:
   `rate` is the total per second, each PBX gets `count`;
+- `POST /_bench/warm-many?pbxes=`: one event to each of those PBXes, 100 at a time;
+- `POST /_bench/gc-full`: objects the garbage collector tracks, and the time of one full
+  collection (what a generation-2 pass stalls the loop for);
 - `GET /_bench/stats?pbx=`: subscribers on the PBX's channel, pid, RSS;
 - `GET /_bench/stats-many?pbxes=`: subscribers summed over the first `pbxes` PBXes;
 - `POST /_bench/profile/start`, `POST /_bench/profile/stop?path=`: cProfile of the event
@@ -246,6 +249,40 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
         chosen = many[:pbxes]
         return OrjsonResponse(await publish_scheduled(chosen, count, rate, step, max_behind))
 
+    async def warm_many(pbxes: int) -> Response:
+        """One event to each of the first `pbxes` PBXes, 100 at a time: every channel
+        loaded from the database and its first ids reserved before the measured steps
+        (sequentially that is a database round trip or two per PBX)."""
+        while len(many) < pbxes:
+            many.append(await runtime.tenants.require(channel_pbx(len(many))))
+        started = time.perf_counter()
+        for first in range(0, pbxes, 100):
+            chunk = many[first : min(pbxes, first + 100)]
+            await asyncio.gather(
+                *(
+                    runtime.hub.publish(
+                        t, [Subscriber(f"{t.name}-101", DeviceState.IDLE, "0", "0")]
+                    )
+                    for t in chunk
+                )
+            )
+        return OrjsonResponse({"seconds": time.perf_counter() - started})
+
+    async def gc_full() -> Response:
+        """Objects the garbage collector tracks, and how long one full pass takes now:
+        what a generation-2 collection would stall the event loop for."""
+        tracked = len(gc.get_objects())
+        wall, cpu = time.perf_counter(), time.thread_time()
+        gc.collect()
+        return OrjsonResponse(
+            {
+                "tracked": tracked,
+                "frozen": gc.get_freeze_count(),
+                "full_pass_s": time.perf_counter() - wall,
+                "full_pass_cpu_s": time.thread_time() - cpu,
+            }
+        )
+
     async def stats_many(pbxes: int) -> Response:
         count = sum(runtime.bus.subscriber_count(f"pbx_{channel_pbx(n)}") for n in range(pbxes))
         return OrjsonResponse({"subscribers": count})
@@ -313,6 +350,8 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
     app.add_api_route("/_bench/write-cdrs/stop", write_cdrs_stop, methods=["POST"])
     app.add_api_route("/_bench/publish", publish, methods=["POST"])
     app.add_api_route("/_bench/publish-many", publish_many, methods=["POST"])
+    app.add_api_route("/_bench/warm-many", warm_many, methods=["POST"])
+    app.add_api_route("/_bench/gc-full", gc_full, methods=["POST"])
     app.add_api_route("/_bench/stats", stats, methods=["GET"])
     app.add_api_route("/_bench/stats-many", stats_many, methods=["GET"])
     app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])

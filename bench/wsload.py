@@ -133,6 +133,8 @@ class StepResult:
     published: int
     gc_pause_max: float
     """Longest garbage-collection pause in the server while publishing (cloudpbx only)."""
+    gc_full_passes: int
+    """Full (generation 2) collections meanwhile: each scans every tracked object."""
     loop_lag_max: float
     """Longest event-loop stall while publishing (the Python servers; 0 for nchan)."""
     loop_busy_max: float
@@ -144,8 +146,10 @@ class StepResult:
 
     @property
     def lost(self) -> int:
-        """Published to an open connection but not received within the drain time."""
-        return self.expected - self.delivered
+        """Published to an open connection but not received within the drain time. (When
+        a many-channel publisher gives up in the middle of a round, the clients expect
+        only the complete rounds: the part of the last one they got counts as none lost.)"""
+        return max(0, self.expected - self.delivered)
 
     @property
     def server_us_per_delivery(self) -> float:
@@ -237,6 +241,7 @@ async def run_step(
         publisher_behind_max=float(published["behind_max"]),
         published=sent,
         gc_pause_max=max(published.get("gc", {}).get("longest_s", [0.0])),
+        gc_full_passes=int(published.get("gc", {}).get("count", [0, 0, 0])[2]),
         loop_lag_max=float(published.get("loop_lag_s", (0.0, 0.0))[0]),
         loop_busy_max=float(published.get("loop_lag_s", (0.0, 0.0))[1]),
         disorder=sum(r["disorder"] for r in results),
