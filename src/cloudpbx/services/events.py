@@ -49,11 +49,19 @@ MAX_BACKOFF = 5.0
 """Longest pause, in seconds, between retries of a failing write."""
 
 
+_Kept = tuple[int, str]
+"""A message in the history: (id, data). A tuple of an int and a str, not a WireMessage,
+because CPython's garbage collector stops tracking such tuples: with thousands of
+channels the history holds millions of messages, and as tracked objects every full
+collection would scan them all (a stall of the event loop for every client) and every
+message kept would bring the next full collection nearer."""
+
+
 @dataclass(slots=True)
 class _Channel:
     tenant: Tenant
     name: str
-    history: deque[WireMessage]
+    history: deque[_Kept]
     next_id: int = 0
     reserved_up_to: int = -1
     spare: asyncio.Task[int] | None = None
@@ -120,7 +128,10 @@ class EventHub:
             self._loading[tenant.id] = loading
             try:
                 history = deque(
-                    await self._store.latest(tenant.id, self._history_size),
+                    (
+                        (m.id, m.data)
+                        for m in await self._store.latest(tenant.id, self._history_size)
+                    ),
                     maxlen=self._history_size,
                 )
             except BaseException as exc:
@@ -187,17 +198,17 @@ class EventHub:
         """Every kept message with id > last_id, oldest first."""
         channel = await self._channel(tenant)
         history = channel.history
-        newest = history[-1].id if history else 0
+        newest = history[-1][0] if history else 0
         if last_id >= newest:
             return Replay([], True, newest)
-        messages = [m for m in history if m.id > last_id]
+        messages = [WireMessage(i, data) for i, data in history if i > last_id]
         # A history that never filled up was never pruned, whatever gaps its ids have.
-        kept = history[0].id <= last_id + 1 or len(history) < self._history_size
+        kept = history[0][0] <= last_id + 1 or len(history) < self._history_size
         return Replay(messages, kept, newest)
 
     async def last_id(self, tenant: Tenant) -> int:
         channel = await self._channel(tenant)
-        return channel.history[-1].id if channel.history else 0
+        return channel.history[-1][0] if channel.history else 0
 
     def _schedule_flush(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -310,7 +321,7 @@ class EventHub:
         """Stored messages join the history and go to the bus, in id order."""
         channel = self._channels[pbx_id]
         messages = [message for _, message in stored]
-        channel.history.extend(messages)
+        channel.history.extend([(m.id, m.data) for m in messages])
         self._bus.publish_batch(channel.name, messages)
 
     async def _prune_if_due(self) -> None:
@@ -322,7 +333,7 @@ class EventHub:
             history = channel.history
             if history and len(history) == self._history_size:
                 try:
-                    await self._store.prune(channel.tenant.id, history[0].id - 1)
+                    await self._store.prune(channel.tenant.id, history[0][0] - 1)
                 except Exception:
                     log.exception(
                         "could not prune the WebSocket history of PBX %d", channel.tenant.id
