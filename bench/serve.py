@@ -30,7 +30,8 @@ production one); the only additions are routes under `/_bench/` on the same app:
 - `POST /_bench/shutdown`: a clean stop (lifespan shutdown runs, no signal involved).
 
 `BENCH_HUB=publish-first` makes the hub publish before storing (the order before
-store-first), the baseline of bench/storefirst.py.
+store-first), the baseline of bench/storefirst.py. `BENCH_GC_THRESHOLD=A,B,C` sets the
+garbage collector's thresholds after start-up (an experiment; `src` keeps the defaults).
 """
 
 from __future__ import annotations
@@ -386,6 +387,8 @@ async def main() -> None:
         raise RuntimeError("the server did not start in 30 s")
     port = server.servers[0].sockets[0].getsockname()[1]
     freeze_startup_heap()  # as `cloudpbx serve` does
+    if thresholds := os.environ.get("BENCH_GC_THRESHOLD"):  # experiment: e.g. "20000,10,10"
+        gc.set_threshold(*(int(t) for t in thresholds.split(",")))
     emit({"event": "ready", "port": port, "pid": os.getpid()})
     watchdog = asyncio.create_task(until_orphaned())
     watchdog.add_done_callback(lambda _: setattr(server, "should_exit", True))
