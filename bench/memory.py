@@ -1,7 +1,7 @@
 """Benchmark 3: server memory per idle WebSocket connection (issue 11).
 
 VmRSS of the server process (after a gc in cloudpbx's case) before and after 20,000 idle
-connections (quick: 2,000; fewer where the hard RLIMIT_NOFILE is lower: the count is
+connections (quick: 1,000; fewer where the hard RLIMIT_NOFILE is lower: the count is
 printed) in one process, read once keep-alive pings have gone round twice; a warm-up of
 50 connections first, so one-time costs (imports, first handshake, the hub's channel)
 are not charged to the connections. Then one event goes to every client, and RSS is read
@@ -24,7 +24,7 @@ from bench.wsload import close_clients, open_clients, run_step, wait_subscribers
 TARGET_KIB = 12.0
 WARMUP = 50
 FULL_CONNECTIONS = 20_000
-QUICK_CONNECTIONS = 2_000
+QUICK_CONNECTIONS = 1_000
 PINGS_SETTLE = 7.0
 """Seconds idle before reading RSS: two rounds of pings (2.5 s here, 3 s nchan's)."""
 
@@ -61,7 +61,10 @@ async def measure(
     try:
         held = await wait_subscribers(server, clients.ok, within=60)
         if clients.failed or held != count:
-            raise RuntimeError(f"{clients.ok} connected, {held} held by the server, of {count}")
+            raise RuntimeError(
+                f"{clients.ok} connected, {held} held by the server, of {count}: "
+                f"{clients.errors[:2]}"
+            )
         idle = await _rss(server, PINGS_SETTLE)
         gc_idle = await _gc_full(server)
         step = await run_step(server, clients, 2, rate=50, count=1, drain=15)
