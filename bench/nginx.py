@@ -118,15 +118,17 @@ async def launch(
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     config_path = prefix / "nginx.conf"
     config_path.write_text(config)
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        "-p",
-        str(prefix),
-        "-c",
-        str(config_path),
-        stdin=asyncio.subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
-    )
+    with (LOG_DIR / log_name).open("ab") as log:  # start-up warnings, beside its error log
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-p",
+            str(prefix),
+            "-c",
+            str(config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=_die_with_parent,
+        )
     server = Nginx(proc, port, probe)
     for _ in range(200):  # up to 10 s
         if proc.returncode is not None:
