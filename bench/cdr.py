@@ -136,15 +136,17 @@ async def _page_times(url: str, day: str, repeats: int, prefix: str = "") -> dic
     from cloudpbx.domain.dates import date_range
     from cloudpbx.storage.calls import CallStore
     from cloudpbx.storage.database import create_engine
+    from cloudpbx.storage.reads import SqliteReaders
     from cloudpbx.storage.tenants import TenantStore
 
     engine = create_engine(url)
+    readers = SqliteReaders.for_engine(engine)  # as the runtime wires them
     try:
         tenant = await TenantStore(engine).require(CDR_PBX)
         period = date_range(day, day, tenant.zone)
         out = {}
         for name, cache_bytes in (("cached", 64 * 1024 * 1024), ("uncached", 0)):
-            store = CallStore(engine, page_cache_bytes=cache_bytes)
+            store = CallStore(engine, page_cache_bytes=cache_bytes, readers=readers)
             page = await store.cdr_page(tenant, period, DAY_ROWS)  # warm the pool (and cache)
             if page.total != DAY_ROWS:
                 raise RuntimeError(f"{url.split(':')[0]}: {page.total} rows, not {DAY_ROWS}")
@@ -156,6 +158,8 @@ async def _page_times(url: str, day: str, repeats: int, prefix: str = "") -> dic
             out[f"{prefix}{name}"] = statistics.median(times)
         return out
     finally:
+        if readers is not None:
+            await readers.close()
         await engine.dispose()
 
 

@@ -67,9 +67,10 @@ class SubscriberWithMore:
         return {"peer": "MojaCentrala-102", "statusValue": 8, "callUid": "1772539200.9"}
 
 
-def queue_calls(start: int, count: int) -> list[domain.Event]:
-    """`count` events of one type: the server sends each as its own message."""
-    return [domain.QueueCalls("Kolejka1", n) for n in range(start, start + count)]
+def queue_calls(start: int, count: int, pad: int = 0) -> list[domain.Event]:
+    """`count` events of one type: the server sends each as its own message (with a
+    queue name `pad` characters longer, to make them big)."""
+    return [domain.QueueCalls("Kolejka1" + "x" * pad, n) for n in range(start, start + count)]
 
 
 async def publish(server: LiveServer, pbx: str, batch: list[domain.Event]) -> list[int]:
@@ -173,7 +174,7 @@ async def test_sms_statuses_arrive_live(live: Live) -> None:
 
 
 async def test_resume_after_slow_client_close(tmp_path: Path) -> None:
-    """The server drops a client that fell 4 messages behind (close 4008); the stream
+    """The server drops a client whose unsent data passed 4 KiB (close 4008); the stream
     reconnects with `last_event_id` and gets the rest from the history."""
     tenants = Tenants()
     settings = make_settings(tmp_path, ws_buffer_size=4)
@@ -184,8 +185,10 @@ async def test_resume_after_slow_client_close(tmp_path: Path) -> None:
             client.events(reconnect=QUICK) as stream,
         ):
             await wait_for_subscriber(server, pbx)
+            # ~12 MB that nobody reads yet: more than loopback's socket buffers hold.
+            first = await publish(server, pbx, queue_calls(0, 30, pad=400_000))
+            assert server.runtime.bus.subscriber_count(f"pbx_{pbx}") == 0  # cut off
             consumer = asyncio.create_task(collect(stream, 60))
-            first = await publish(server, pbx, queue_calls(0, 30))  # overflows at once
             await wait_for_subscriber(server, pbx)  # reconnected
             second = await publish(server, pbx, queue_calls(30, 30))
             got = await asyncio.wait_for(consumer, TIMEOUT)

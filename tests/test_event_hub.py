@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.domain.events import Event, ExtStatus, QueueCalls, Subscriber
 from cloudpbx.domain.states import DeviceState
@@ -24,6 +25,7 @@ from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.tables import pbx
 from cloudpbx.storage.tenants import Tenant, TenantStore
+from tests.recording_sink import record
 
 _names = itertools.count(1)
 
@@ -95,7 +97,7 @@ def make_hub(
     store = ControlledStore(engine)
     settings: dict[str, Any] = {"history_size": 5, "id_block": 3, "flush_interval": 0.01}
     settings.update(options)
-    return EventHub(tenants, store, MemoryBus(), **settings), tenants, store
+    return EventHub(tenants, store, MemoryBus(frame=text_frame), **settings), tenants, store
 
 
 def ext(n: int) -> ExtStatus:
@@ -150,7 +152,7 @@ def one_change(tenant: Tenant) -> list[Event]:
 
 async def test_a_message_carries_its_id_channel_and_one_event(engine, tenant) -> None:
     hub, _, _ = make_hub(engine)
-    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    subscription = record(hub.bus, f"pbx_{tenant.name}")
     messages = await hub.publish(tenant, one_change(tenant))
     assert [m.id for m in messages] == [1, 2, 3, 4]
     channel = f"pbx_{tenant.name}"
@@ -171,7 +173,7 @@ async def test_a_message_carries_its_id_channel_and_one_event(engine, tenant) ->
 
 async def test_bundling_is_an_opt_in_that_groups_one_change(engine, tenant) -> None:
     hub, _, _ = make_hub(engine, bundle=True)
-    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    subscription = record(hub.bus, f"pbx_{tenant.name}")
     messages = await hub.publish(tenant, one_change(tenant))
     assert [m.id for m in messages] == [1, 2]
     decoded = [orjson.loads(m.data) for m in messages]
@@ -210,7 +212,7 @@ async def test_pbxes_have_their_own_ids(engine, tenant) -> None:
 
 async def test_concurrent_publishers_get_unique_ids_delivered_in_order(engine, tenant) -> None:
     hub, _, _ = make_hub(engine, id_block=4, history_size=1_000)
-    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10_000)
+    subscription = record(hub.bus, f"pbx_{tenant.name}")
     results = await asyncio.gather(*(publish_n(hub, tenant, 25) for _ in range(8)))
     ids = sorted(i for r in results for i in r)
     assert ids == list(range(1, 201))
@@ -247,7 +249,7 @@ async def test_a_crash_skips_the_rest_of_the_block_but_never_reuses(engine, tena
 
 async def test_after_a_crash_every_message_anyone_saw_resumes_completely(engine, tenant) -> None:
     crashed, _, store = make_hub(engine, id_block=100, history_size=100, flush_interval=60)
-    subscription = crashed.bus.subscribe(f"pbx_{tenant.name}", 100)
+    subscription = record(crashed.bus, f"pbx_{tenant.name}")
     await publish_n(crashed, tenant, 3)
     await crashed.flush()
     store.fail_all = True  # 4 and 5 never reach the database: so nobody gets them
@@ -269,7 +271,7 @@ async def test_after_a_crash_every_message_anyone_saw_resumes_completely(engine,
 
 async def test_nothing_is_published_before_it_is_stored(engine, tenant) -> None:
     hub, _, store = make_hub(engine, history_size=100, flush_interval=60)
-    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 100)
+    subscription = record(hub.bus, f"pbx_{tenant.name}")
     ids = await queue_n(hub, tenant, 3)
     store.append_delay = 0.2
     flush = asyncio.create_task(hub.flush())
@@ -305,7 +307,7 @@ async def test_a_failed_reservation_keeps_what_already_went_out(engine, tenant) 
         return await original(pbx_id, block)
 
     tenants.reserve_event_ids = reserve  # type: ignore[method-assign]
-    subscription = hub.bus.subscribe(f"pbx_{tenant.name}", 10)
+    subscription = record(hub.bus, f"pbx_{tenant.name}")
     with pytest.raises(OSError):
         await hub.publish(tenant, [ext(1), ext(2), ext(3)])  # the third needs a new block
     for _ in range(100):

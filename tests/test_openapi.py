@@ -228,6 +228,16 @@ async def test_healthz(server: LiveServer, authorization: str | None) -> None:
         "database": "ok",
         "backends": [],
         "sms": [{"gateway": "simulator", "status": "ok"}],
+        "dependencies": [
+            {"name": "database", "status": "ok"},
+            {"name": "sms", "gateway": "simulator", "status": "ok"},
+            {
+                "name": "transcription",
+                "engines": ["pocketsphinx"],
+                "status": "ok",
+                "mode": "external",
+            },
+        ],
     }
 
 

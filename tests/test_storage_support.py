@@ -23,6 +23,7 @@ from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.migrate import upgrade
+from cloudpbx.storage.reads import SqliteReaders
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tables import metadata
 from cloudpbx.storage.tenants import Tenant, TenantStore
@@ -49,8 +50,14 @@ async def open_stores(url: str) -> AsyncIterator[Stores]:
     """Migrated stores on `url`; PBXes made through `Stores.tenant` are removed after."""
     engine = create_engine(url)
     await upgrade(engine)
+    readers = SqliteReaders.for_engine(engine)  # as the runtime wires them (SQLite)
     stores = Stores(
-        engine, TenantStore(engine), CallStore(engine), SmsStore(engine), EventStore(engine), []
+        engine,
+        TenantStore(engine, readers=readers),
+        CallStore(engine, readers=readers),
+        SmsStore(engine),
+        EventStore(engine),
+        [],
     )
     try:
         yield stores
@@ -58,6 +65,8 @@ async def open_stores(url: str) -> AsyncIterator[Stores]:
         for name in stores.created:
             if await stores.tenants.get(name) is not None:
                 await stores.tenants.remove(name)
+        if readers is not None:
+            await readers.close()
         await engine.dispose()
 
 

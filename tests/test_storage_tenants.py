@@ -16,7 +16,7 @@ from cloudpbx.domain.states import SmsStatus
 from cloudpbx.ports.bus import WireMessage
 from cloudpbx.storage.jobs import JobStore
 from cloudpbx.storage.tables import api_key
-from cloudpbx.storage.tenants import KEY_PREFIX
+from cloudpbx.storage.tenants import KEY_PREFIX, TenantStore
 from tests.test_storage_support import (
     Stores,
     at,
@@ -283,6 +283,68 @@ async def test_authenticate_live_revoked_unknown(stores: Stores) -> None:
     assert await stores.tenants.authenticate(revoked) is None
     for unknown in ["", live[:-1], live + "x", live.upper(), "cpbx_unknown", "\ud800bad"]:
         assert await stores.tenants.authenticate(unknown) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_key_cache_revocation_elsewhere_takes_effect_after_the_ttl(stores: Stores) -> None:
+    """Two stores on one database, as two processes: what one revokes, the other refuses
+    once its cached entry is `key_cache_ttl` old, and not before (docs/operations.md)."""
+    clock = FakeClock()
+    server = TenantStore(stores.engine, key_cache_ttl=2.0, clock=clock)
+    tenant = await stores.tenant()
+    key = await stores.tenants.create_key(tenant.name)
+    (info,) = await stores.tenants.list_keys(tenant.name)
+    assert await server.authenticate(key) == tenant
+
+    await stores.tenants.revoke_key(info.id)  # the CLI, another process
+    clock.now += 1.9
+    assert await server.authenticate(key) == tenant  # still within the TTL: cached
+    clock.now += 0.1
+    assert await server.authenticate(key) is None
+    assert await TenantStore(stores.engine).authenticate(key) is None  # no cache: at once
+
+
+async def test_key_cache_changes_through_the_same_store_take_effect_at_once(
+    stores: Stores,
+) -> None:
+    server = TenantStore(stores.engine, key_cache_ttl=60.0, clock=FakeClock())
+    tenant = await stores.tenant()
+    key = await server.create_key(tenant.name)
+    assert await server.authenticate(key) == tenant
+    await server.set_sms_gateway(tenant.name, "simulator")
+    cached = await server.authenticate(key)
+    assert cached is not None and cached.sms_gateway == "simulator"
+    (info,) = await server.list_keys(tenant.name)
+    await server.revoke_key(info.id)
+    assert await server.authenticate(key) is None
+
+    doomed = await stores.tenant()
+    doomed_key = await server.create_key(doomed.name)
+    assert await server.authenticate(doomed_key) == doomed
+    await server.remove(doomed.name)
+    assert await server.authenticate(doomed_key) is None
+
+
+async def test_key_cache_keeps_only_keys_that_authenticated(stores: Stores) -> None:
+    """Guesses never enter the cache, and a cached key's near misses are still refused."""
+    clock = FakeClock()
+    server = TenantStore(stores.engine, key_cache_ttl=60.0, clock=clock)
+    tenant = await stores.tenant()
+    key = await server.create_key(tenant.name)
+    for guess in ["cpbx_unknown-key-000000", key[:-1], key + "x"]:
+        assert await server.authenticate(guess) is None
+    assert len(server._live_keys) == 0
+    assert await server.authenticate(key) == tenant
+    assert len(server._live_keys) == 1
+    for guess in [key[:-1], key + "x", key.upper()]:
+        assert await server.authenticate(guess) is None
 
 
 async def test_revoke_key(stores: Stores) -> None:

@@ -371,6 +371,16 @@ async def test_a_pbx_never_sees_another_pbxs_events(live) -> None:
     assert first_b["text"] == {"extstatus": {"exten": "200", "status": 8}}
 
 
+async def test_permessage_deflate_offered_is_declined(live) -> None:
+    """Browsers offer it; the 101 comes without it and messages are plain text frames."""
+    server, tenants = live
+    async with ws_connect(server, a_path(tenants), compression="deflate") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        [sent] = await publish(server, tenants.a_name, [ext(1)])
+        assert (await recv_json(ws))["id"] == sent.id
+
+
 async def test_client_messages_are_ignored(live) -> None:
     server, tenants = live
     async with ws_connect(server, a_path(tenants)) as ws:
@@ -627,3 +637,72 @@ async def test_server_shutdown_closes_clients_with_1012(tmp_path: Path) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 1012
         await ws.close()
         server.server.should_exit = True
+
+
+# ------------------------------------------------------------- frames, framed once
+
+
+async def test_one_framing_per_message_whatever_the_number_of_clients(live) -> None:
+    server, tenants = live
+    clients = [await ws_connect(server, a_path(tenants)).__aenter__() for _ in range(5)]
+    try:
+        await wait_until(lambda: subscribers(server) == 5)
+        before = server.runtime.bus.framed
+        sent = await publish(server, tenants.a_name, [ext(1), ext(2), ext(3)])
+        for ws in clients:
+            assert await recv_ids(ws, 3) == [m.id for m in sent]
+        assert server.runtime.bus.framed - before == 3  # not 15
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+async def test_a_client_ping_is_answered_with_its_payload(live) -> None:
+    server, tenants = live
+    async with raw_ws(server, a_path(tenants)) as (reader, writer, head):
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(client_frame(0x9, b"hello"))
+        opcode, payload = await read_frame(reader)
+        while opcode == 0x9:  # a keep-alive ping of ours may come first
+            opcode, payload = await read_frame(reader)
+        assert (opcode, payload) == (0xA, b"hello")
+
+
+async def test_a_client_close_is_echoed(live) -> None:
+    server, tenants = live
+    async with raw_ws(server, a_path(tenants)) as (reader, writer, head):
+        assert head.startswith(b"HTTP/1.1 101")
+        await wait_until(lambda: subscribers(server) == 1)
+        writer.write(client_frame(0x8, struct.pack("!H", 1000) + b"bye"))
+        opcode, payload = await read_frame(reader)
+        assert (opcode, payload) == (0x8, struct.pack("!H", 1000))
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # and the server hangs up
+        await wait_until(lambda: subscribers(server) == 0)
+
+
+async def test_an_unmasked_client_frame_is_closed_with_1002(live) -> None:
+    server, tenants = live
+    async with raw_ws(server, a_path(tenants)) as (reader, writer, head):
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(b"\x81\x02hi")  # a text frame without a mask
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == 1002
+        await wait_until(lambda: subscribers(server) == 0)
+
+
+async def test_client_frames_split_across_reads_are_reassembled(live) -> None:
+    server, tenants = live
+    async with raw_ws(server, a_path(tenants)) as (reader, writer, head):
+        assert head.startswith(b"HTTP/1.1 101")
+        text = client_frame(0x1, b"ignored")
+        ping = client_frame(0x9, b"abc")
+        data = text + ping
+        for byte in range(len(data)):  # one byte at a time
+            writer.write(data[byte : byte + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        opcode, payload = await read_frame(reader)
+        while opcode == 0x9:
+            opcode, payload = await read_frame(reader)
+        assert (opcode, payload) == (0xA, b"abc")

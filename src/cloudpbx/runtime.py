@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.adapters.smsapi import CallbackSigner, SmsapiGateway
+from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
+from cloudpbx.metrics.registry import Metrics
+from cloudpbx.metrics.sampler import Sampler, Sources
+from cloudpbx.metrics.sources import ami_readings, gateway_statuses
+from cloudpbx.ports.health import Dependency
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
+from cloudpbx.services.engine_hub import EngineHub
 from cloudpbx.services.events import EventHub
 from cloudpbx.services.ingest import PbxIngest
 from cloudpbx.services.sms import OutboxPolicy, SmsService
+from cloudpbx.services.stream import EventStream
 from cloudpbx.services.transcription import (
     TranscriberFor,
     TranscriptionQueue,
@@ -30,8 +37,10 @@ from cloudpbx.settings import Settings
 from cloudpbx.storage import migrate
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.database import create_engine
+from cloudpbx.storage.event_archive import EventArchive
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.jobs import JobStore
+from cloudpbx.storage.reads import SqliteReaders
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
 
@@ -48,10 +57,12 @@ class Runtime:
     calls: CallStore
     sms_store: SmsStore
     bus: MemoryBus
-    hub: EventHub
+    hub: EventStream
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
+    metrics: Metrics = field(init=False)
+    sampler: Sampler = field(init=False)
     backends: list[PbxBackend] = field(default_factory=list)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
@@ -60,6 +71,12 @@ class Runtime:
     transcription: TranscriptionQueue | None = None
     transcribers: TranscriberFor | None = None
     workers: list[Worker] = field(default_factory=list)
+    # What /healthz reports beside the built-in dependencies (api/routes/dependencies.py).
+    dependencies: list[Dependency] = field(default_factory=list)
+    # Why the in-process workers could not start (engine checks); None: not checked.
+    transcription_problems: list[str] | None = None
+    # SQLite connections of the hot reads (storage/reads.py); None on PostgreSQL.
+    readers: SqliteReaders | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def transcription_worker(self, name: str | None = None) -> Worker:
@@ -83,6 +100,7 @@ class Runtime:
             return
         check = getattr(self.transcribers, "check", None)
         problems: list[str] = await asyncio.to_thread(check) if check is not None else []
+        self.transcription_problems = problems
         if problems:
             # Jobs stay queued (for a `cloudpbx worker` that can run, or a fixed config)
             # rather than failing one by one.
@@ -114,14 +132,19 @@ class Runtime:
 
     async def start(self) -> None:
         await self.migrate()
+        if isinstance(self.hub, EngineHub):
+            await self.hub.start()
         for gateway in self.sms_gateways.values():
             await gateway.start(self.sms)
         await self.sms.start()
         for backend in self.backends:
             await backend.start(self.ingest)
         await self._start_workers()
+        self.sampler.start()
 
     async def stop(self) -> None:
+        await self.sampler.stop()
+        self.metrics.close()
         for backend in self.backends:
             await backend.stop()
         await self._stop_workers()
@@ -130,6 +153,8 @@ class Runtime:
             await gateway.stop()
         await self.hub.close()
         await self.bus.close()
+        if self.readers is not None:
+            await self.readers.close()
         await self.engine.dispose()
 
 
@@ -138,18 +163,12 @@ def build_runtime(settings: Settings) -> Runtime:
     from cloudpbx.adapters.sms_simulator import SimulatedSmsGateway
 
     engine = create_engine(settings.effective_database_url)
-    tenants = TenantStore(engine)
-    calls = CallStore(engine)
+    readers = SqliteReaders.for_engine(engine)
+    tenants = TenantStore(engine, key_cache_ttl=settings.auth_cache_ttl, readers=readers)
+    calls = CallStore(engine, readers=readers)
     sms_store = SmsStore(engine)
-    bus = MemoryBus()
-    hub = EventHub(
-        tenants,
-        EventStore(engine),
-        bus,
-        history_size=settings.ws_history_size,
-        flush_interval=settings.ws_commit_interval,
-        bundle=settings.ws_bundle_events,
-    )
+    bus = MemoryBus(frame=text_frame)
+    hub = _event_stream(settings, engine, tenants, bus)
     ingest = PbxIngest(tenants, calls, hub, settings.recordings_dir)
     gateways: dict[str, SmsGateway] = {}
     if settings.sms_gateway == "simulator":
@@ -173,17 +192,68 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
     )
     runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime.readers = readers
     runtime.sms_callbacks = signer
-    _wire_transcription(runtime)
+    jobs = JobStore(engine)
+    _wire_transcription(runtime, jobs)
+    _wire_metrics(runtime, jobs)
     return runtime
 
 
-def _wire_transcription(runtime: Runtime) -> None:
+def _event_stream(
+    settings: Settings, engine: AsyncEngine, tenants: TenantStore, bus: MemoryBus
+) -> EventStream:
+    """In this process (ids from the database), or shared through the event engine."""
+    if not settings.event_engine_url:
+        return EventHub(
+            tenants,
+            EventStore(engine),
+            bus,
+            history_size=settings.ws_history_size,
+            flush_interval=settings.ws_commit_interval,
+            bundle=settings.ws_bundle_events,
+        )
+    from cloudpbx.bus.jetstream import JetStreamEngine
+
+    event_engine = JetStreamEngine(
+        settings.event_engine_url,
+        settings.event_engine_stream,
+        settings.event_engine_history,
+        settings.event_engine_timeout,
+    )
+    return EngineHub(
+        event_engine,
+        EventArchive(engine),
+        bus,
+        history_size=settings.ws_history_size,
+        bundle=settings.ws_bundle_events,
+    )
+
+
+def _wire_metrics(runtime: Runtime, jobs: JobStore) -> None:
+    """The metrics of this process and the sampler that feeds them (the WebSocket side
+    is added by server.py, which builds the WebSocket protocol)."""
+    runtime.metrics = Metrics()
+    sources = Sources(
+        ami=lambda: ami_readings(runtime.backends),
+        sms_gateways=lambda: gateway_statuses(runtime.sms.health()),
+        outbox=runtime.sms_store.outbox_depth,
+        jobs=jobs.backlog,
+    )
+    runtime.sampler = Sampler(
+        runtime.metrics,
+        sources,
+        interval=runtime.settings.metrics_interval,
+        queue_interval=runtime.settings.metrics_queue_interval,
+    )
+
+
+def _wire_transcription(runtime: Runtime, jobs: JobStore) -> None:
     """The job queue behind the ingest, and the engine of each PBX (built on first use)."""
     from cloudpbx.adapters.transcription import EngineFactory
 
     engines = EngineFactory(runtime.settings)
-    runtime.transcription = TranscriptionQueue(JobStore(runtime.engine), engines.enabled)
+    runtime.transcription = TranscriptionQueue(jobs, engines.enabled)
     runtime.transcribers = engines
     runtime.ingest.transcription_queue = runtime.transcription
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+from functools import partial
 
 import uvicorn
 
 from cloudpbx.api.app import create_app
 from cloudpbx.api.http_limits import HeadLimits, guarded_http_protocol
-from cloudpbx.api.keepalive import keepalive_protocol
+from cloudpbx.api.keepalive import KeepAlive
+from cloudpbx.api.pbx_socket import PbxSocket, pbx_socket_protocol
 from cloudpbx.api.redaction import install_log_redaction
+from cloudpbx.metrics.websocket import websocket_readings
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -18,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
-    """wsproto serves the WebSocket: it accepts the document's own curl handshake, whose
-    13-byte `Sec-WebSocket-Key` the `websockets` implementation rejects. Pings come from
-    one keep-alive sweep (api/keepalive.py), not from uvicorn's timers per connection.
+    """WebSocket upgrades go to our own protocol (api/pbx_socket.py): the handshake by
+    wsproto's sans-I/O parser (it accepts the document's curl line, whose 13-byte
+    `Sec-WebSocket-Key` the `websockets` implementation rejects), messages framed once per
+    batch for every subscriber, pings from one keep-alive sweep (api/keepalive.py).
     HTTP is httptools with limits on the request head (api/http_limits.py). Log records
     lose their API keys from here on (api/redaction.py)."""
     install_log_redaction()
@@ -31,17 +35,19 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         head_timeout=settings.http_head_timeout,
     )
     proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    ws_protocol = websocket_protocol(settings)
+    runtime.sampler.sources.websockets = partial(websocket_readings, runtime.bus, ws_protocol)
     return uvicorn.Config(
         create_app(runtime),
         host=settings.host,
         port=settings.port,
         http=guarded_http_protocol(limits),
         timeout_keep_alive=settings.http_keep_alive_timeout,
-        ws=keepalive_protocol(settings.ws_ping_interval, settings.ws_ping_timeout),
+        ws=ws_protocol,
         ws_ping_interval=None,
         ws_ping_timeout=None,
-        # Every message is small JSON; compressing it per connection doubled the CPU of
-        # fan-out and grew each connection from ~38 to ~130 KiB (bench/, docs/benchmarks.md).
+        # permessage-deflate is not offered back (docs/decisions.md); uvicorn's own
+        # protocols, which would read this, are not used.
         ws_per_message_deflate=False,
         log_level=settings.log_level,
         lifespan="on",
@@ -49,6 +55,17 @@ def uvicorn_config(runtime: Runtime) -> uvicorn.Config:
         # X-Forwarded-For names the client only when the peer is a configured proxy.
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
+    )
+
+
+def websocket_protocol(settings: Settings) -> type[PbxSocket]:
+    """The WebSocket protocol class of one server: one keep-alive sweep for all of its
+    connections; `ws_buffer_bytes` unset means `ws_buffer_size` KiB of unsent data."""
+    return pbx_socket_protocol(
+        KeepAlive(settings.ws_ping_interval, settings.ws_ping_timeout),
+        write_limit=settings.ws_buffer_bytes or settings.ws_buffer_size * 1024,
+        pending_limit=settings.ws_buffer_size,
+        drain_timeout=settings.ws_ping_timeout,
     )
 
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloudpbx.adapters.smsapi.config import SmsapiAccount
@@ -20,7 +20,11 @@ from cloudpbx.adapters.smsapi.config import SmsapiAccount
 class Settings(BaseSettings):
     """Every knob of the server, with the defaults of the embedded set-up."""
 
-    model_config = SettingsConfigDict(env_prefix="CLOUDPBX_", extra="forbid")
+    # hide_input_in_errors: a refused value may hold a secret (a URL with credentials, an
+    # API key); the message names the setting and the problem.
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUDPBX_", extra="forbid", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(Path("cloudpbx-data"), description="Recordings and the SQLite file")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir")
@@ -97,7 +101,15 @@ class Settings(BaseSettings):
     summary_prompt: str = Field("", description="System prompt; '' = the documented default")
     summary_timeout: float = Field(120.0, gt=0, description="Seconds one request may take")
     ws_history_size: int = Field(10_000, ge=1, description="Messages kept per PBX for resume")
-    ws_buffer_size: int = Field(1_000, ge=1, description="Messages queued per connection")
+    ws_buffer_size: int = Field(
+        1_000,
+        ge=1,
+        description="Messages a connection may fall behind (kept while it resumes); "
+        "with ws_buffer_bytes unset, also sets its write limit to this many KiB",
+    )
+    ws_buffer_bytes: int | None = Field(
+        None, ge=1, description="Unsent bytes past which a client is too slow (4008)"
+    )
     ws_ping_interval: float = Field(
         2.5, gt=0, description="Seconds a connection may go without data before a ping"
     )
@@ -107,6 +119,22 @@ class Settings(BaseSettings):
     )
     ws_commit_interval: float = Field(
         0.005, gt=0, le=1, description="Seconds a group commit gathers messages before storing"
+    )
+    # The event engine (docs/operations.md, "Event engine"): '' keeps the stream in this
+    # process; a nats:// URL shares it between server processes (PostgreSQL required).
+    event_engine_url: str = Field(
+        "", description="NATS JetStream URL (nats://host:4222); '': in-process stream"
+    )
+    event_engine_stream: str = Field(
+        "CLOUDPBX_EVENTS",
+        pattern=r"[A-Za-z0-9_-]{1,64}",
+        description="JetStream stream holding every PBX's messages",
+    )
+    event_engine_history: int = Field(
+        1_000, ge=1, description="Messages per PBX the engine keeps for resume"
+    )
+    event_engine_timeout: float = Field(
+        2.0, gt=0, description="Seconds to wait for the engine before retrying"
     )
     simulator_seed: int | None = None
     simulator_rate: float = Field(
@@ -133,12 +161,40 @@ class Settings(BaseSettings):
         30, ge=1, description="Failed authentications per address per window, then 429"
     )
     auth_fail_window: float = Field(60.0, gt=0, description="Seconds of auth_fail_limit")
+    auth_cache_ttl: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds a valid API key is trusted without a database read: how long a "
+        "key revoked by another process keeps working here; 0 reads the key every request",
+    )
     trusted_proxies: str = Field(
         "", description="Comma-separated proxy addresses/CIDRs whose X-Forwarded-For counts"
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed cross-origin; empty: CORS off"
     )
+    metrics_token: str = Field(
+        "", description="Bearer token for /metrics; '': loopback clients only (docs/operations.md)"
+    )
+    metrics_interval: float = Field(
+        1.0, gt=0, description="Seconds between copies of the in-memory counters into /metrics"
+    )
+    metrics_queue_interval: float = Field(
+        10.0, gt=0, description="Seconds between the database reads of the SMS and job queues"
+    )
+
+    @model_validator(mode="after")
+    def _engine_needs_shared_database(self) -> Settings:
+        url = self.event_engine_url
+        if url and not url.startswith(("nats://", "tls://")):
+            raise ValueError(f"event_engine_url must be a nats:// URL, got {url.split('@')[-1]!r}")
+        if url and not self.effective_database_url.startswith("postgres"):
+            raise ValueError(
+                "event_engine_url needs PostgreSQL (database_url = postgresql://...): "
+                "several processes share the event stream, and SQLite is one process's file"
+            )
+        return self
 
     @property
     def effective_database_url(self) -> str:

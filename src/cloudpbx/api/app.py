@@ -13,12 +13,12 @@ from cloudpbx.api import ws
 from cloudpbx.api.body_limits import BodyLimitMiddleware
 from cloudpbx.api.docs_ui import install_docs
 from cloudpbx.api.errors import install_error_handlers
-from cloudpbx.api.routes import actions, calls, health, sms_callbacks
+from cloudpbx.api.request_metrics import RequestMetricsMiddleware
+from cloudpbx.api.routes import actions, calls, health, metrics, sms_callbacks
 from cloudpbx.api.security_headers import SecurityHeadersMiddleware
 from cloudpbx.api.throttle import AuthThrottle, AuthThrottleMiddleware
 from cloudpbx.panel import panel_routes
 from cloudpbx.runtime import Runtime
-from cloudpbx.settings import Settings
 
 OPENAPI_URL = "/openapi.json"
 DESCRIPTION = """\
@@ -59,16 +59,19 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     app.include_router(calls.router)
     app.include_router(actions.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.router.routes.append(ws.route)
     app.include_router(sms_callbacks.router)
     app.router.routes.extend(panel_routes())
-    install_middleware(app, runtime.settings)
+    install_middleware(app, runtime)
     return app
 
 
-def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: headers on every answer (429s included), the throttle before
-    anything reads a body or the database, then body limits and CORS."""
+def install_middleware(app: FastAPI, runtime: Runtime) -> None:
+    """Outermost first: request timing (it sees every answer, 429s included), headers
+    on every answer, the throttle before anything reads a body or the database, then
+    body limits and CORS."""
+    settings = runtime.settings
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -81,3 +84,4 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     throttle = AuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
     app.add_middleware(AuthThrottleMiddleware, throttle=throttle)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, histogram=runtime.metrics.http_latency)

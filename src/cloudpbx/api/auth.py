@@ -44,13 +44,19 @@ BEARER_SCHEME = HTTPBearer(
 )
 
 
+async def request_tenant(request: Request) -> Tenant:
+    """The PBX of the request's key; the header is read by bearer_token, as on the WebSocket."""
+    runtime: Runtime = request.app.state.runtime
+    return await tenant_for_key(runtime, bearer_token(request.headers.get("authorization")))
+
+
 async def current_tenant(
     request: Request,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)],
 ) -> Tenant:
-    """The PBX of the request's key; the header is read by bearer_token, as on the WebSocket."""
-    return await tenant_for_key(runtime, bearer_token(request.headers.get("authorization")))
+    """request_tenant as a dependency, declaring the bearer scheme in the OpenAPI document
+    (api/lean_route.py calls request_tenant itself)."""
+    return await request_tenant(request)
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

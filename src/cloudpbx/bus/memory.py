@@ -1,135 +1,60 @@
-"""In-process event bus: one server process, subscribers are asyncio tasks.
+"""In-process event bus: one server process, subscribers are synchronous sinks.
 
-Each subscriber has a bounded buffer. Publishing appends to every subscriber's buffer and
-wakes it; it never awaits a subscriber, so one slow WebSocket client cannot delay the
-others. A subscriber whose buffer is full is marked overflowed: it gets what it already
-had buffered, then SubscriberOverflow, and its connection is closed so the client resumes
-from its last id out of the history.
+A committed batch is encoded once (`frame`, the WebSocket framing the composition root
+passes in) and the same bytes go to every subscriber of the channel in one pass: no
+task, future or queue per subscriber per message, so a delivery costs one
+`transport.write` of a shared object. A sink never makes the publisher wait; one that
+falls behind cuts itself off (api/pbx_socket.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from cloudpbx.ports.bus import SubscriberOverflow, WireMessage
-
-
-class MemorySubscription:
-    """A bounded, wakeable buffer of one channel's messages for one consumer."""
-
-    __slots__ = (
-        "_buffer",
-        "_bus",
-        "_channel",
-        "_closed",
-        "_last_id",
-        "_max",
-        "_overflowed",
-        "_waiter",
-        "on_overflow",
-    )
-
-    def __init__(self, bus: MemoryBus, channel: str, max_buffered: int) -> None:
-        self._bus = bus
-        self._channel = channel
-        self._max = max_buffered
-        # A list, not a deque: it is only appended to and swapped out whole, and an empty
-        # list is ~0.6 KiB smaller, per connection.
-        self._buffer: list[WireMessage] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._overflowed = False
-        self._closed = False
-        self._last_id = 0
-        self.on_overflow: Callable[[], object] | None = None
-        """Called once, the moment the buffer overflows, even while the consumer is stuck
-        writing (a callback rather than an Event and a watcher task: smaller per client)."""
-
-    @property
-    def overflowed(self) -> bool:
-        return self._overflowed
-
-    def push(self, message: WireMessage) -> None:
-        if self._overflowed or self._closed:
-            return
-        if len(self._buffer) >= self._max:
-            self._overflowed = True
-            self._bus.detach(self._channel, self)
-            if self.on_overflow is not None:
-                self.on_overflow()
-        else:
-            self._buffer.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def drain(self) -> list[WireMessage]:
-        """Everything buffered now, without waiting (lets a sender batch its writes)."""
-        items, self._buffer = self._buffer, []
-        if items:
-            self._last_id = items[-1].id
-        return items
-
-    async def next_batch(self) -> list[WireMessage]:
-        """Wait for messages; [] once closed; SubscriberOverflow once it fell behind."""
-        while not self._buffer:
-            if self._overflowed:
-                raise SubscriberOverflow(self._last_id)
-            if self._closed:
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self.drain()
-
-    async def __aiter__(self) -> AsyncIterator[WireMessage]:
-        while batch := await self.next_batch():
-            for message in batch:
-                yield message
-
-    def close(self) -> None:
-        self._closed = True
-        self._bus.detach(self._channel, self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+from cloudpbx.ports.bus import FramedBatch, Sink, WireMessage
 
 
 class MemoryBus:
-    """Channel name → live subscriptions, all in this process."""
+    """Channel name → the sinks subscribed to it, all in this process."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, set[MemorySubscription]] = {}
-
-    async def publish(self, channel: str, message: WireMessage) -> None:
-        self.publish_nowait(channel, message)
-
-    def publish_nowait(self, channel: str, message: WireMessage) -> None:
-        for subscription in tuple(self._channels.get(channel, ())):
-            subscription.push(message)
+    def __init__(self, frame: Callable[[str], bytes]) -> None:
+        self._frame = frame
+        self._channels: dict[str, dict[Sink, None]] = {}
+        self.framed = 0
+        """Messages encoded so far: once each, whatever the number of subscribers."""
+        self.deliveries = 0
+        """Messages handed to subscribers so far (messages × subscribers, per batch)."""
 
     def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
-        for message in messages:
-            self.publish_nowait(channel, message)
+        sinks = self._channels.get(channel)
+        if not sinks or not messages:
+            return
+        frames = [self._frame(message.data) for message in messages]
+        self.framed += len(frames)
+        self.deliveries += len(frames) * len(sinks)
+        batch = FramedBatch(messages, frames, frames[0] if len(frames) == 1 else b"".join(frames))
+        # A copy: a sink may unsubscribe (cut itself off) while we go round.
+        for sink in tuple(sinks):
+            sink.deliver(batch)
 
-    def subscribe(self, channel: str, max_buffered: int) -> MemorySubscription:
-        subscription = MemorySubscription(self, channel, max_buffered)
-        self._channels.setdefault(channel, set()).add(subscription)
-        return subscription
+    def subscribe(self, channel: str, sink: Sink) -> None:
+        self._channels.setdefault(channel, {})[sink] = None
 
-    def detach(self, channel: str, subscription: MemorySubscription) -> None:
-        members = self._channels.get(channel)
-        if members is not None:
-            members.discard(subscription)
-            if not members:
+    def unsubscribe(self, channel: str, sink: Sink) -> None:
+        sinks = self._channels.get(channel)
+        if sinks is not None:
+            sinks.pop(sink, None)
+            if not sinks:
                 del self._channels[channel]
 
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._channels)
+
     async def close(self) -> None:
-        for members in list(self._channels.values()):
-            for subscription in list(members):
-                subscription.close()
+        channels, self._channels = self._channels, {}
+        for sinks in channels.values():
+            for sink in sinks:
+                sink.bus_closed()

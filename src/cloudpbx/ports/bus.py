@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,38 +15,43 @@ class WireMessage:
     data: str
 
 
-class SubscriberOverflow(Exception):
-    """The subscriber's bounded buffer filled up: it is too slow and must resume later."""
+@dataclass(frozen=True, slots=True)
+class FramedBatch:
+    """Consecutive messages of one channel, encoded once for all of its subscribers.
 
-    def __init__(self, last_delivered_id: int) -> None:
-        super().__init__(f"subscriber fell behind after message {last_delivered_id}")
-        self.last_delivered_id = last_delivered_id
-
-
-class Subscription(Protocol):
-    """A live feed of one channel.
-
-    `next_batch` waits for messages and returns all that are buffered (so a sender can
-    write them together), [] once closed, and raises SubscriberOverflow when it fell behind.
+    `frames[i]` is `messages[i]` on the wire; `joined` is all of them in one bytes object,
+    which a subscriber that had everything before `messages[0]` writes in one call.
     """
 
-    on_overflow: Callable[[], object] | None
-    """Called once, as soon as the subscriber fell behind, so a stuck writer can be cut off."""
+    messages: Sequence[WireMessage]
+    frames: Sequence[bytes]
+    joined: bytes
 
     @property
-    def overflowed(self) -> bool: ...
+    def first_id(self) -> int:
+        return self.messages[0].id
 
-    async def next_batch(self) -> list[WireMessage]: ...
+    @property
+    def last_id(self) -> int:
+        return self.messages[-1].id
 
-    def __aiter__(self) -> AsyncIterator[WireMessage]: ...
 
-    def close(self) -> None: ...
+class Sink(Protocol):
+    """A subscriber: takes batches synchronously and never makes the publisher wait.
+
+    A sink that cannot keep up deals with it itself (a WebSocket connection closes with
+    4008); it may unsubscribe from inside `deliver`.
+    """
+
+    def deliver(self, batch: FramedBatch) -> None: ...
+
+    def bus_closed(self) -> None:
+        """The bus is shutting down: nothing more will come."""
+        ...
 
 
 class EventBus(Protocol):
     """Fan-out of wire messages; never blocks the publisher on a slow subscriber."""
-
-    async def publish(self, channel: str, message: WireMessage) -> None: ...
 
     def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
         """Fan a committed batch of one channel out to this process's subscribers, in
@@ -54,6 +59,14 @@ class EventBus(Protocol):
         commit, and a cross-process engine's reader)."""
         ...
 
-    def subscribe(self, channel: str, max_buffered: int) -> Subscription: ...
+    def subscribe(self, channel: str, sink: Sink) -> None: ...
+
+    def unsubscribe(self, channel: str, sink: Sink) -> None: ...
+
+    def subscriber_count(self, channel: str) -> int: ...
+
+    def channels(self) -> frozenset[str]:
+        """Channels with a local subscriber: what a cross-process reader must follow."""
+        ...
 
     async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cloudpbx.domain.events import Event
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
-from cloudpbx.services.events import EventHub
+from cloudpbx.services.stream import EventStream
 from cloudpbx.services.transcription import TranscriptionQueue
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.tenants import Tenant, TenantStore, validate_pbx_name
@@ -23,7 +23,7 @@ class PbxIngest:
     """The PbxSink every backend writes to."""
 
     def __init__(
-        self, tenants: TenantStore, calls: CallStore, hub: EventHub, recordings_root: Path
+        self, tenants: TenantStore, calls: CallStore, hub: EventStream, recordings_root: Path
     ) -> None:
         self._tenants = tenants
         self._calls = calls

@@ -40,7 +40,7 @@ from cloudpbx.ports.sms import (
     SubmitOutcome,
     SubmitResult,
 )
-from cloudpbx.services.events import EventHub
+from cloudpbx.services.stream import EventStream
 from cloudpbx.storage.calls import CallStore
 from cloudpbx.storage.sms import Outbox, OutboxItem, SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
@@ -132,7 +132,7 @@ class SmsService:
         tenants: TenantStore,
         store: SmsStore,
         calls: CallStore,
-        hub: EventHub,
+        hub: EventStream,
         gateways: dict[str, SmsGateway],
         price_per_part: int,
         *,

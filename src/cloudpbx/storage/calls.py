@@ -29,7 +29,7 @@ from cloudpbx.domain.dates import DateRange, local_timestamp
 from cloudpbx.domain.records import CdrRecord, RecordingInfo, TranscriptionRecord
 from cloudpbx.storage.json_rows import JsonPage, json_array_of, ordered
 from cloudpbx.storage.page_cache import Fingerprint, PageCache, Stamp
-from cloudpbx.storage.reads import Read
+from cloudpbx.storage.reads import ConnectionReader, Read, SqliteReaders
 from cloudpbx.storage.tables import cdr, pbx, recording, transcription
 from cloudpbx.storage.tenants import Tenant, utcnow
 
@@ -103,13 +103,21 @@ async def set_cdr_cost(conn: AsyncConnection, pbx_id: int, uniqueid: str, cost: 
 class CallStore:
     """Everything per call: billing rows, recordings, transcriptions."""
 
-    def __init__(self, engine: AsyncEngine, page_cache_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        page_cache_bytes: int = 64 * 1024 * 1024,
+        readers: SqliteReaders | None = None,
+    ) -> None:
+        """`readers`: SQLite connections for the list reads (storage/reads.py); without
+        them the lists are read through the engine's pool."""
         self._engine = engine
+        self._readers = readers
         self._dialect = engine.dialect.name
         self._cdr_pages = PageCache(page_cache_bytes)
         self._cdr_statements = self._cdr_page_statements()
         self._cdr_count = Read(self._cdr_statements.count, engine.dialect)
-        self._cdr_body = Read(self._cdr_statements.body, engine.dialect)
+        self._cdr_body = Read(self._cdr_statements.body, engine.dialect, may_be_large=True)
         self._cdr_stamp = Read(
             select(
                 select(func.max(cdr.c.id)).scalar_subquery(),
@@ -150,22 +158,29 @@ class CallStore:
         (and tagged) under come from the same snapshot. Both statements are built once
         (bound parameters): building them per request cost more than running the count.
         """
+        if self._readers is not None:
+            return await self._cdr_page(self._readers, tenant, period, cap)
+        async with self._engine.connect() as conn:
+            return await self._cdr_page(ConnectionReader(conn), tenant, period, cap)
+
+    async def _cdr_page(
+        self, reader: SqliteReaders | ConnectionReader, tenant: Tenant, period: DateRange, cap: int
+    ) -> JsonPage:
         low, high = period.utc_bounds()
         params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
         key = (tenant.id, tenant.name, low, high, cap)
         stamp: Stamp | None = None
-        async with self._engine.connect() as conn:
-            if self._dialect == "sqlite":  # ids in commit order: see storage/page_cache.py
-                newest, revision = await self._cdr_stamp.one(conn, params)
-                stamp = (int(newest or 0), int(revision))
-                cached = self._cdr_pages.fresh(key, stamp)
-                if cached is not None:
-                    return cached
-            count, revision = await self._cdr_count.one(conn, params)
-            cached = self._cdr_pages.get(key, (int(count), int(revision)), stamp)
+        if self._dialect == "sqlite":  # ids in commit order: see storage/page_cache.py
+            newest, revision = await reader.one(self._cdr_stamp, params)
+            stamp = (int(newest or 0), int(revision))
+            cached = self._cdr_pages.fresh(key, stamp)
             if cached is not None:
                 return cached
-            count, revision, body = await self._cdr_body.one(conn, params)
+        count, revision = await reader.one(self._cdr_count, params)
+        cached = self._cdr_pages.get(key, (int(count), int(revision)), stamp)
+        if cached is not None:
+            return cached
+        count, revision, body = await reader.one(self._cdr_body, params)
         fingerprint = (int(count), int(revision))
         page = JsonPage(bytes(body), fingerprint[0], cap, _page_tag(key, fingerprint))
         self._cdr_pages.put(key, fingerprint, page, stamp)
@@ -315,8 +330,11 @@ class CallStore:
     async def _page(self, read: Read, tenant: Tenant, period: DateRange, cap: int) -> JsonPage:
         low, high = period.utc_bounds()
         params = {"pbx": tenant.id, "low": low, "high": high, "cap": cap}
-        async with self._engine.connect() as conn:
-            total, body = await read.one(conn, params)
+        if self._readers is not None:
+            total, body = await self._readers.one(read, params)
+        else:
+            async with self._engine.connect() as conn:
+                total, body = await read.one(conn, params)
         return JsonPage(body.encode("utf-8"), int(total), cap)
 
     def _list_read(self, table: Table, *columns: Any) -> Read:

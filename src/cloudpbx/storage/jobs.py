@@ -409,6 +409,18 @@ class JobStore:
             found = {row[0]: int(row[1]) for row in await conn.execute(query)}
         return {status: found.get(status, 0) for status in STATUSES}
 
+    async def backlog(self) -> dict[str, int]:
+        """Queued and running jobs only: the status index answers it without reading the
+        finished jobs, which grow with every recorded call (`counts` reads them all)."""
+        query = (
+            select(job.c.status, func.count())
+            .where(job.c.status.in_((QUEUED, RUNNING)))
+            .group_by(job.c.status)
+        )
+        async with self._engine.connect() as conn:
+            found = {row[0]: int(row[1]) for row in await conn.execute(query)}
+        return {status: found.get(status, 0) for status in (QUEUED, RUNNING)}
+
     async def _infos(self, *where: ColumnElement[bool], limit: int) -> list[JobInfo]:
         query = (
             select(job, pbx.c.name.label("pbx_name"))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, insert, or_, select, update
+from sqlalchemy import Row, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.records import CdrRecord, SmsMessage
@@ -124,9 +124,32 @@ _ITEM_COLUMNS = (
 _NOT_FINAL = [s.value for s in SmsStatus if not s.is_final]
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxDepth:
+    """Messages their gateway does not have yet, by outbox state, and the oldest one's age."""
+
+    by_state: dict[str, int]
+    oldest_created: datetime | None
+
+
 class SmsStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+
+    async def outbox_depth(self) -> OutboxDepth:
+        """One grouped query over the rows the dispatcher still looks at (`due_at` set,
+        indexed), so its cost follows the live outbox, not the whole history."""
+        waiting = (Outbox.PENDING.value, Outbox.UNSURE.value)
+        query = (
+            select(sms.c.outbox, func.count(), func.min(sms.c.created_at))
+            .where(sms.c.due_at.is_not(None), sms.c.outbox.in_(waiting))
+            .group_by(sms.c.outbox)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        by_state = dict.fromkeys(waiting, 0) | {row[0]: int(row[1]) for row in rows}
+        oldest = min((row[2] for row in rows), default=None)
+        return OutboxDepth(by_state, None if oldest is None else _aware(oldest))
 
     async def add(
         self,

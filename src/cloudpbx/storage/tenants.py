@@ -2,7 +2,8 @@
 
 Keys are 256-bit random tokens; only their SHA-256 is stored. Looking a key up by its hash
 is an index probe whose timing does not depend on how much of a guess matches, and the
-final comparison uses hmac.compare_digest.
+final comparison uses hmac.compare_digest. Keys that authenticated are remembered for
+`key_cache_ttl` seconds (storage/key_cache.py: why, and what that means for revocation).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.domain.errors import BadRequest, Conflict, NotFound
-from cloudpbx.storage.reads import Read
+from cloudpbx.storage.key_cache import KeyCache
+from cloudpbx.storage.reads import Read, SqliteReaders
 from cloudpbx.storage.tables import api_key, pbx
 
 PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -99,8 +103,19 @@ def validate_timezone(name: str) -> ZoneInfo:
 class TenantStore:
     """Create, find and remove PBXes; issue, check and revoke their keys."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        key_cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        readers: SqliteReaders | None = None,
+    ) -> None:
+        """`key_cache_ttl`: seconds a key that authenticated is trusted without a database
+        read, i.e. how long a revocation made elsewhere takes to reach this store.
+        `readers`: SQLite connections for the key lookup (storage/reads.py)."""
         self._engine = engine
+        self._readers = readers
+        self._live_keys: KeyCache[tuple[bytes, Tenant]] = KeyCache(key_cache_ttl, clock)
         # Every authenticated request reads this: built once, one trip on SQLite.
         self._key_lookup = Read(
             select(api_key.c.key_hash, pbx.c.id, pbx.c.name, pbx.c.timezone, pbx.c.sms_gateway)
@@ -158,6 +173,7 @@ class TenantStore:
             result = await conn.execute(
                 update(pbx).where(pbx.c.name == name).values(sms_gateway=gateway)
             )
+        self._live_keys.clear()  # cached tenants carry the gateway
         if result.rowcount == 0:
             raise NotFound(f"no PBX named {name!r}", code="unknown_pbx")
 
@@ -166,6 +182,7 @@ class TenantStore:
         tenant = await self.require(name)
         async with self._engine.begin() as conn:
             await conn.execute(delete(pbx).where(pbx.c.id == tenant.id))
+        self._live_keys.clear()
 
     async def create_key(self, name: str, label: str = "", value: str | None = None) -> str:
         """Issue a key for PBX `name`; returns the key itself, which is never stored.
@@ -203,14 +220,25 @@ class TenantStore:
     async def authenticate(self, key: str) -> Tenant | None:
         """The PBX a live key belongs to, or None (unknown or revoked)."""
         digest = hash_key(key)
-        async with self._engine.connect() as conn:
-            row = await self._key_lookup.first(conn, {"digest": digest})
+        cached = self._live_keys.get(digest)
+        if cached is not None:
+            stored, tenant = cached
+            return tenant if hmac.compare_digest(stored, digest) else None
+        generation = self._live_keys.generation
+        if self._readers is not None:
+            row = await self._readers.first(self._key_lookup, {"digest": digest})
+        else:
+            async with self._engine.connect() as conn:
+                row = await self._key_lookup.first(conn, {"digest": digest})
         if row is None:
             return None
         key_hash, pbx_id, name, timezone, sms_gateway = row
-        if not hmac.compare_digest(bytes(key_hash), digest):
+        stored = bytes(key_hash)
+        if not hmac.compare_digest(stored, digest):
             return None
-        return Tenant(pbx_id, name, ZoneInfo(timezone), sms_gateway)
+        tenant = Tenant(pbx_id, name, ZoneInfo(timezone), sms_gateway)
+        self._live_keys.put(stored, (stored, tenant), generation)
+        return tenant
 
     async def list_keys(self, name: str | None = None) -> builtins.list[ApiKeyInfo]:
         """Keys of PBX `name` (all PBXes when None), oldest first; unknown PBX: NotFound."""
@@ -235,6 +263,7 @@ class TenantStore:
                 .where(api_key.c.id == key_id, api_key.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
+        self._live_keys.clear()
         if result.rowcount == 0:
             raise NotFound(f"no active key with id {key_id}", code="unknown_key")
 

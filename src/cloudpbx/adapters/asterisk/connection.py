@@ -422,6 +422,9 @@ class AmiConnection:
         self.since = time.time()
         self.connects = 0
         self.failures = 0
+        self.ping_rtt: float | None = None
+        """Seconds the last keep-alive Ping took to be answered: the lag of Asterisk's
+        manager (its queue towards us, and the network), measured without clock sync."""
         self.session: AmiSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -445,6 +448,7 @@ class AmiConnection:
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since)),
             "error": self.error,
             "connects": self.connects,
+            "ping_rtt": self.ping_rtt,
         }
 
     def start(self) -> None:
@@ -609,7 +613,9 @@ class AmiConnection:
                 if done:
                     return f"connection lost: {closed.result()}"
                 try:
+                    sent = time.monotonic()
                     await session.ping(wait=opts.ping_timeout)
+                    self.ping_rtt = time.monotonic() - sent
                 except AmiTimeout:
                     await session.abort()
                     return f"no answer to Ping within {opts.ping_timeout:g} s: peer is silent"

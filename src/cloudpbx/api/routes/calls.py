@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from cloudpbx.api.auth import RuntimeDep, TenantDep
+from cloudpbx.api.lean_route import LeanRoute
 from cloudpbx.api.responses import (
     CLIENT_ERRORS,
     ErrorBody,
@@ -29,7 +30,9 @@ from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.errors import NotFound
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+# The lists are what integrators poll: their handlers skip FastAPI's per-request
+# dependency solving (api/lean_route.py); the other routes here keep FastAPI's.
+router = APIRouter(route_class=LeanRoute)
 
 AUDIO_TYPES = {
     "wav": "audio/wav",

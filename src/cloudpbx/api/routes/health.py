@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.responses import Response
@@ -9,7 +11,9 @@ from starlette.responses import Response
 from cloudpbx import __version__
 from cloudpbx.api.auth import RuntimeDep
 from cloudpbx.api.responses import OrjsonResponse
+from cloudpbx.api.routes.dependencies import CHECK_TIMEOUT, FINE, dependencies
 from cloudpbx.ports.pbx import ReportsHealth
+from cloudpbx.services.engine_hub import EngineHub
 
 router = APIRouter()
 
@@ -17,14 +21,16 @@ router = APIRouter()
 @router.get(
     "/healthz",
     tags=["operations"],
-    summary="Health of the server and its database",
+    summary="Health of the server and each of its dependencies",
     responses={
         200: {
             "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
-            '[{"backend": "asterisk", "status": "ok", "dropped": 0}]}`'
+            '[{"backend": "asterisk", "status": "ok", "dropped": 0}], "sms": [...], '
+            '"dependencies": [{"name": "database", "status": "ok"}, ...]}` '
+            "(docs/operations.md#health)"
         },
         503: {"description": '`"status": "degraded"`: the database does not answer'},
-        # (200 `degraded` also when a backend is down or an SMS account is held.)
+        # (200 `degraded` also when a dependency is down or an SMS account is held.)
     },
 )
 async def healthz(runtime: RuntimeDep) -> Response:
@@ -33,7 +39,9 @@ async def healthz(runtime: RuntimeDep) -> Response:
     `degraded` but keeps 200, since the stored data is still served; only a database
     that does not answer makes it 503."""
     try:
-        async with runtime.engine.connect() as conn:
+        # A database that went silent (a stalled network path) must not hang the check:
+        # the load balancer needs the 503 to take this process out.
+        async with asyncio.timeout(CHECK_TIMEOUT), runtime.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         database = "ok"
     except Exception as exc:  # the check must answer, whatever the driver raised
@@ -43,17 +51,28 @@ async def healthz(runtime: RuntimeDep) -> Response:
     # or `alert` (e.g. SMSAPI refused our callback URL) make the answer `degraded`.
     sms = runtime.sms.health()
     ok = database == "ok"
-    healthy = ok and all(item["status"] == "ok" for item in [*backends, *sms])
-    return OrjsonResponse(
-        {
-            "status": "ok" if healthy else "degraded",
-            "version": __version__,
-            "database": database,
-            "backends": backends,
-            "sms": sms,
-        },
-        status_code=200 if ok else 503,
+    checks = await dependencies(runtime, database, sms)
+    # The event engine, where one is configured: down, live events stop everywhere (every
+    # process shares it), but stored data is still served: `degraded`, not 503.
+    engine = runtime.hub.engine.health() if isinstance(runtime.hub, EngineHub) else None
+    if engine is not None:
+        checks.insert(1, {"name": "event_engine", "status": "ok" if engine == "ok" else "down"})
+    healthy = (
+        ok
+        and all(item["status"] == "ok" for item in [*backends, *sms])
+        and all(item["status"] in FINE for item in checks)
     )
+    body: dict[str, object] = {
+        "status": "ok" if healthy else "degraded",
+        "version": __version__,
+        "database": database,
+        "backends": backends,
+        "sms": sms,
+        "dependencies": checks,
+    }
+    if engine is not None:
+        body["event_engine"] = engine
+    return OrjsonResponse(body, status_code=200 if ok else 503)
 
 
 def _backend_status(backend: object) -> dict[str, str | int]:
