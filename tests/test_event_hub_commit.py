@@ -9,16 +9,18 @@ the bus in one `publish_batch`, after the commit.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.domain.events import ExtStatus
 from cloudpbx.domain.states import DeviceState
-from cloudpbx.ports.bus import WireMessage
+from cloudpbx.ports.bus import FramedBatch
 from cloudpbx.services import events as events_module
 from cloudpbx.services.events import EventHub
 from cloudpbx.storage import migrate
@@ -44,17 +46,29 @@ async def tenants(engine: AsyncEngine) -> list[Tenant]:
     return [await store.create(f"Commit{next(_names)}x{i}") for i in range(PBXES)]
 
 
-class RecordingBus(MemoryBus):
-    """The real in-memory bus, remembering each batch it was handed and when."""
+class Recorder:
+    """A bus subscriber (the port's Sink) that notes each batch it gets, and how many
+    transactions had been committed by then."""
 
-    def __init__(self, commits: list[int]) -> None:
-        super().__init__()
+    def __init__(self, channel: str, commits: list[int], log: list[tuple[str, list[int], int]]):
+        self.channel = channel
         self.commits = commits
-        self.batches: list[tuple[str, list[int], int]] = []
+        self.log = log
 
-    def publish_batch(self, channel: str, messages: Sequence[WireMessage]) -> None:
-        self.batches.append((channel, [m.id for m in messages], len(self.commits)))
-        super().publish_batch(channel, messages)
+    def deliver(self, batch: FramedBatch) -> None:
+        self.log.append((self.channel, [m.id for m in batch.messages], len(self.commits)))
+
+    def bus_closed(self) -> None:
+        pass
+
+
+def record(bus: MemoryBus, tenants: list[Tenant], commits: list[int]) -> list[Any]:
+    """Subscribe a Recorder to each tenant's channel; returns the shared log."""
+    log: list[tuple[str, list[int], int]] = []
+    for tenant in tenants:
+        channel = f"pbx_{tenant.name}"
+        bus.subscribe(channel, Recorder(channel, commits, log))
+    return log
 
 
 def count_commits(engine: AsyncEngine) -> list[int]:
@@ -82,26 +96,24 @@ async def stored_ids(engine: AsyncEngine, tenant: Tenant) -> list[int]:
 
 async def test_one_flush_of_many_pbxes_is_one_transaction(engine, tenants) -> None:
     commits = count_commits(engine)
-    bus = RecordingBus(commits)
+    bus = MemoryBus(frame=text_frame)
+    delivered = record(bus, tenants, commits)
     hub = make_hub(engine, bus)
-    subscriptions = [bus.subscribe(f"pbx_{t.name}", 100) for t in tenants]
     ids = {t.name: await queue(hub, t, 3) for t in tenants}  # ids reserved: commits too
     before = len(commits)
     assert await hub.flush() is True
     assert len(commits) == before + 1
-    # Each PBX's group reaches the bus in one batch, in id order, after that commit.
-    assert sorted(bus.batches) == sorted(
-        (f"pbx_{t.name}", ids[t.name], before + 1) for t in tenants
-    )
-    for tenant, subscription in zip(tenants, subscriptions, strict=True):
-        assert [m.id for m in subscription.drain()] == ids[tenant.name]
+    # Each PBX's group reaches its subscriber in one batch, in id order, after the commit.
+    assert sorted(delivered) == sorted((f"pbx_{t.name}", ids[t.name], before + 1) for t in tenants)
+    for tenant in tenants:
         assert await stored_ids(engine, tenant) == ids[tenant.name]
     await hub.close()
 
 
 async def test_a_pbx_deleted_before_the_commit_fails_alone(engine, tenants) -> None:
     commits = count_commits(engine)
-    bus = RecordingBus(commits)
+    bus = MemoryBus(frame=text_frame)
+    delivered = record(bus, tenants, commits)
     hub = make_hub(engine, bus)
     doomed, *kept = tenants
     ids = {t.name: await queue(hub, t, 2) for t in tenants}
@@ -109,20 +121,20 @@ async def test_a_pbx_deleted_before_the_commit_fails_alone(engine, tenants) -> N
     assert await hub.flush() is False
     for tenant in kept:
         assert await stored_ids(engine, tenant) == ids[tenant.name]
-    delivered = {channel: batch for channel, batch, _ in bus.batches}
-    assert delivered == {f"pbx_{t.name}": ids[t.name] for t in kept}
+    assert {channel: batch for channel, batch, _ in delivered} == {
+        f"pbx_{t.name}": ids[t.name] for t in kept
+    }
     # The deleted PBX's messages are retried, never delivered, and dropped in the end.
     for _ in range(events_module.MAX_ATTEMPTS - 1):
         assert await hub.flush() is False
     assert await hub.flush() is True
-    assert f"pbx_{doomed.name}" not in {channel for channel, _, _ in bus.batches}
+    assert f"pbx_{doomed.name}" not in {channel for channel, _, _ in delivered}
     await hub.close()
 
 
 async def test_later_flushes_share_one_transaction_again(engine, tenants) -> None:
     commits = count_commits(engine)
-    bus = RecordingBus(commits)
-    hub = make_hub(engine, bus)
+    hub = make_hub(engine, MemoryBus(frame=text_frame))
     doomed, *kept = tenants
     await queue(hub, doomed, 1)
     await TenantStore(engine).remove(doomed.name)
