@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -226,6 +227,7 @@ async def test_healthz(server: LiveServer, authorization: str | None) -> None:
         "status": "ok",
         "version": __version__,
         "database": "ok",
+        "pid": os.getpid(),  # the server runs in the test's process
         "backends": [],
         "sms": [{"gateway": "simulator", "status": "ok"}],
         "dependencies": [

@@ -107,6 +107,9 @@ async def dump_rows(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
     return dump
 
 
+TABLES_OF_NO_PBX = frozenset({"lease"})  # a lease names an Asterisk server, not a tenant
+
+
 async def rows_of_pbx(
     engine: AsyncEngine, pbx_id: int, sms_ids: set[int] | None = None
 ) -> dict[str, int]:
@@ -120,6 +123,8 @@ async def rows_of_pbx(
         sms_ids = {row["id"] for row in dump["sms"] if row["pbx_id"] == pbx_id}
     counts: dict[str, int] = {}
     for name, rows in dump.items():
+        if name in TABLES_OF_NO_PBX:
+            continue
         if name == "pbx":
             counts[name] = sum(1 for row in rows if row["id"] == pbx_id)
         elif name == "sms_status_history":

@@ -19,11 +19,13 @@ from cloudpbx.metrics.registry import Metrics
 from cloudpbx.metrics.sampler import Sampler, Sources
 from cloudpbx.metrics.sources import ami_readings, gateway_statuses
 from cloudpbx.ports.health import Dependency
+from cloudpbx.ports.lease import LeaseStore, OnGain, OnLoss
 from cloudpbx.ports.pbx import PbxBackend
 from cloudpbx.ports.sms import SmsGateway
 from cloudpbx.services.engine_hub import EngineHub
 from cloudpbx.services.events import EventHub
 from cloudpbx.services.ingest import PbxIngest
+from cloudpbx.services.leadership import Leadership, holder_id
 from cloudpbx.services.sms import OutboxPolicy, SmsService
 from cloudpbx.services.stream import EventStream
 from cloudpbx.services.transcription import (
@@ -40,6 +42,7 @@ from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.event_archive import EventArchive
 from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.jobs import JobStore
+from cloudpbx.storage.leases import SqlLeaseStore
 from cloudpbx.storage.reads import SqliteReaders
 from cloudpbx.storage.sms import SmsStore
 from cloudpbx.storage.tenants import Tenant, TenantStore
@@ -61,9 +64,12 @@ class Runtime:
     ingest: PbxIngest
     sms: SmsService
     sms_gateways: dict[str, SmsGateway]
+    leases: LeaseStore
     metrics: Metrics = field(init=False)
     sampler: Sampler = field(init=False)
     backends: list[PbxBackend] = field(default_factory=list)
+    # This process in every lease it takes (services/leadership.py).
+    holder: str = field(default_factory=holder_id)
     # Tokens of the SMSAPI callback URLs (api/routes/sms_callbacks.py); None: no account.
     sms_callbacks: CallbackSigner | None = None
     # Transcription jobs (docs/transcription.md): the queue the ingest feeds, each PBX's
@@ -120,6 +126,10 @@ class Runtime:
         close = getattr(self.transcribers, "close", None)
         if close is not None:
             close()
+
+    def elect(self, name: str, on_gain: OnGain, on_loss: OnLoss) -> Leadership:
+        """The lease `name` for a singleton job of this process (`ports.lease.Elect`)."""
+        return Leadership(self.leases, name, self.holder, self.settings.lease_ttl, on_gain, on_loss)
 
     def backend_for(self, tenant: Tenant) -> PbxBackend | None:
         for backend in self.backends:
@@ -191,7 +201,19 @@ def build_runtime(settings: Settings) -> Runtime:
             dispatch_interval=settings.sms_dispatch_interval,
         ),
     )
-    runtime = Runtime(settings, engine, tenants, calls, sms_store, bus, hub, ingest, sms, gateways)
+    runtime = Runtime(
+        settings,
+        engine,
+        tenants,
+        calls,
+        sms_store,
+        bus,
+        hub,
+        ingest,
+        sms,
+        gateways,
+        SqlLeaseStore(engine),
+    )
     runtime.readers = readers
     runtime.sms_callbacks = signer
     jobs = JobStore(engine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from functools import partial
 
 import uvicorn
@@ -109,15 +110,16 @@ async def attach_backends(runtime: Runtime) -> None:
             )
 
 
-async def serve(settings: Settings) -> None:
-    """Migrate, attach backends, serve until interrupted."""
+async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Migrate, attach backends, serve until interrupted; on `sock` when given (a worker
+    of `serve --workers N`, supervisor.py), else on `settings.host`/`port`."""
     install_log_redaction()  # before anything logs; uvicorn_config installs it for embedders
     runtime = build_runtime(settings)
     await runtime.migrate()
     await attach_backends(runtime)
     server = uvicorn.Server(uvicorn_config(runtime))
     freeze_startup_heap()
-    await server.serve()
+    await server.serve(sockets=None if sock is None else [sock])
 
 
 def freeze_startup_heap() -> None:

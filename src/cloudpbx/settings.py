@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(
+        1, ge=1, le=256, description="Server processes on one port (>1: PostgreSQL + engine)"
+    )
+    lease_ttl: float = Field(
+        10.0, ge=0.3, le=300, description="Seconds an AMI connector's lease lasts unrenewed"
+    )
     backend: str = Field("simulator", description="PBX backend: 'simulator', 'asterisk' or 'none'")
     asterisk_config: Path | None = Field(
         None, description="TOML file of the Asterisk backend: servers, PBXes, rating"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -48,7 +49,16 @@ DatabaseOption = Annotated[
 def _settings(
     config: Path | None, data: Path | None = None, database: str | None = None, **extra: object
 ) -> Settings:
-    return load_settings(config, data_dir=data, database_url=database, **extra)
+    try:
+        return load_settings(config, data_dir=data, database_url=database, **extra)
+    except ValidationError as exc:  # a setting's value is never echoed (hide_input_in_errors)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) + ': ' if error['loc'] else ''}"
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        errors.print(f"[red]invalid settings:[/red] {escape(problems)}")
+        raise typer.Exit(2) from None
 
 
 def _table(*columns: str, wrap: frozenset[str] | set[str] = frozenset()) -> Table:
@@ -74,13 +84,27 @@ def serve(
     database_url: DatabaseOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Server processes on the port (>1 needs PostgreSQL and event_engine_url)"
+        ),
+    ] = None,
 ) -> None:
     """Run the API server with the backends named in the configuration."""
     from cloudpbx.server import serve as serve_forever
+    from cloudpbx.supervisor import WorkersRefused, run_workers
 
-    settings = _settings(config, data, database_url, host=host, port=port)
+    settings = _settings(config, data, database_url, host=host, port=port, workers=workers)
     _logging(settings.log_level)
-    asyncio.run(serve_forever(settings))
+    if settings.workers == 1:
+        asyncio.run(serve_forever(settings))
+        return
+    try:
+        run_workers(settings)
+    except WorkersRefused as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -197,4 +198,18 @@ transcription_job = Table(
     Column("finished_at", DateTime, nullable=True),
     UniqueConstraint("pbx_id", "uniqueid"),
     Index("ix_transcription_job_status_available", "status", "available_at"),
+)
+
+
+# Leases (storage/leases.py): who runs a singleton job, such as the one AMI connector of an
+# Asterisk server, across processes. Times are seconds since the epoch by the DATABASE's
+# clock, so no process's clock decides who holds what; `token` grows by one on every new
+# term and fences a holder whose term ended (docs/operations.md, "Leases").
+lease = Table(
+    "lease",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_at", Double, nullable=False),
 )

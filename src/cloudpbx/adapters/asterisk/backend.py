@@ -13,6 +13,14 @@ published, so each subject changes once, not per listing. What a listing cannot 
 conference participant or dynamic queue member that left while we were away — is found
 by comparing with what we knew before, and published as `remove`. Then the CDR catch-up
 runs (see `.cdr_import`).
+
+With `elect` (several server processes on one database), a server's connector runs only
+in the process that holds the server's lease (`asterisk:HOST:PORT`, ports/lease.py); the
+others stand by and take over when it expires. Every term starts from a fresh translator,
+so the take-over's resync publishes the whole state, not a difference to an old term. The
+lease is checked before every side effect (publishing, storing a CDR, a `/dial` on the
+connector's session), so a holder that woke from a pause past its term does nothing. A
+`/dial` on a standby goes through a short AMI session of its own (`Events: off`).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from cloudpbx.adapters.asterisk.tenancy import TenantMap
 from cloudpbx.adapters.asterisk.translate import Translator
 from cloudpbx.domain.records import CdrRecord
 from cloudpbx.domain.states import DeviceState
+from cloudpbx.ports.lease import Elect, Leader, Term
 from cloudpbx.ports.pbx import OriginateResult, PbxSink
 
 __all__ = ["AsteriskBackend"]
@@ -77,7 +86,14 @@ class _Resynced:
     queues: bool
 
 
-_Item = list[AmiMessage] | Literal["disconnected"] | _Resynced
+@dataclasses.dataclass(slots=True)
+class _NewTerm:
+    """This process took the server's lease: start from a blank translator."""
+
+    token: int
+
+
+_Item = list[AmiMessage] | Literal["disconnected"] | _Resynced | _NewTerm
 
 
 class _Complainer:
@@ -109,6 +125,7 @@ class _Server:
         *,
         state_dir: Path | None,
         ledger: CdrLedger | None,
+        elect: Elect | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -165,6 +182,11 @@ class _Server:
         self.last_resync: float | None = None
         self.cdrs_live = 0
         self.cdrs_imported = 0
+        self.leader: Leader | None = (
+            None
+            if elect is None
+            else elect(f"asterisk:{config.host}:{config.port}", self._lead, self._stand_by)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,13 +198,18 @@ class _Server:
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"{self.name}-dispatcher"
         )
-        self.connection.start()
+        if self.leader is None:
+            self.connection.start()
+        else:
+            self.leader.start()
         if self.config.cdr_csv is not None and self.config.cdr_csv.interval > 0:
             self._periodic = asyncio.get_running_loop().create_task(
                 self._catch_up_every(self.config.cdr_csv.interval), name=f"{self.name}-cdr-timer"
             )
 
     async def stop(self) -> None:
+        if self.leader is not None:
+            await self.leader.stop()
         await self.connection.stop()
         for task in (self._periodic, self._catchup, self._dispatcher):
             if task is not None:
@@ -193,6 +220,18 @@ class _Server:
         if self.recordings is not None:
             await self.recordings.close()
         self._sink = None
+
+    def _acts(self) -> bool:
+        """Whether this process is the server's connector now (always, without leases)."""
+        return self.leader is None or self.leader.holds()
+
+    async def _lead(self, term: Term) -> None:
+        self._put(_NewTerm(term.token))
+        self.connection.start()
+
+    async def _stand_by(self, why: str) -> None:
+        await self.connection.stop(wait=0.5)
+        self._put("disconnected")
 
     # -- what the connection hands over --------------------------------------------------
 
@@ -249,6 +288,9 @@ class _Server:
                 elif isinstance(item, _Resynced):
                     self._finish_resync(item)
                     resynced = True
+                elif isinstance(item, _NewTerm):
+                    self.translator = Translator(self.tenants)
+                    self._start_resync()
                 else:
                     await self._publish()
                     self._start_resync()
@@ -355,7 +397,7 @@ class _Server:
             return
         batches = self.translator.flush()
         sink = self._sink
-        if sink is None:
+        if sink is None or not self._acts():
             return
         for pbx, events in batches:
             try:
@@ -387,8 +429,17 @@ class _Server:
             return f"{config.endpoint_tech}/{prefix}{number}"
         return learned
 
+    def may_be_extension(self, pbx: str, number: str) -> bool:
+        """`device_for`, except that a standby, which reads no events, cannot know the
+        extensions Asterisk reports: it learns them when it dials (`_originate_standby`)."""
+        if self.device_for(pbx, number) is not None:
+            return True
+        config = self.pbxes.get(pbx)
+        return config is not None and config.extensions is None and not self._acts()
+
     async def originate(self, pbx: str, cpa: str, cpb: str) -> OriginateResult:
-        config = self.pbxes[pbx]
+        if not self._acts():
+            return await self._originate_standby(pbx, cpa, cpb)
         device = self.device_for(pbx, cpa)
         if device is None:
             return OriginateResult(False, message=f"{cpa} is not an extension of {pbx}")
@@ -404,18 +455,7 @@ class _Server:
                 False, message=f"{cpa} is unavailable (Asterisk reports {device} UNAVAILABLE)"
             )
         action_id = f"cloudpbx-dial-{secrets.token_hex(8)}"
-        headers: list[tuple[str, str]] = [
-            ("Channel", device),
-            ("Context", config.dial_context),
-            ("Exten", cpb),
-            ("Priority", "1"),
-            ("CallerID", config.callerid.format(pbx=pbx, cpa=cpa, cpb=cpb)),
-            ("Timeout", str(int(config.originate_timeout * 1000))),
-            ("Async", "true"),
-            ("Variable", f"CLOUDPBX_DIAL={action_id}"),
-        ]
-        if config.account:
-            headers.append(("Account", config.account))
+        headers = self._originate_headers(pbx, cpa, cpb, device, action_id)
         self._originates[action_id] = (pbx, cpa, cpb)
         while len(self._originates) > _ORIGINATES_KEPT:
             self._originates.popitem(last=False)
@@ -432,6 +472,64 @@ class _Server:
             log.warning("dial %s %s→%s failed: %s", pbx, cpa, cpb, exc)
             return OriginateResult(False, action_id, str(exc))
         log.info("dial %s %s→%s queued as %s", pbx, cpa, cpb, action_id)
+        return OriginateResult(True, action_id, response.value("Message"))
+
+    def _originate_headers(
+        self, pbx: str, cpa: str, cpb: str, device: str, action_id: str
+    ) -> list[tuple[str, str]]:
+        config = self.pbxes[pbx]
+        headers = [
+            ("Channel", device),
+            ("Context", config.dial_context),
+            ("Exten", cpb),
+            ("Priority", "1"),
+            ("CallerID", config.callerid.format(pbx=pbx, cpa=cpa, cpb=cpb)),
+            ("Timeout", str(int(config.originate_timeout * 1000))),
+            ("Async", "true"),
+            ("Variable", f"CLOUDPBX_DIAL={action_id}"),
+        ]
+        if config.account:
+            headers.append(("Account", config.account))
+        return headers
+
+    async def _originate_standby(self, pbx: str, cpa: str, cpb: str) -> OriginateResult:
+        """`/dial` in a process that is not the connector: a session of its own, without
+        events (Login, [DeviceStateList to learn cpa's device], Originate, Logoff). The
+        connector's session sees the call as usual; the device-state pre-check is left to
+        Asterisk, which fails the call itself."""
+        action_id = f"cloudpbx-dial-{secrets.token_hex(8)}"
+        opts = self.connection.options
+        try:
+            session = await AmiSession.open(
+                self.config.host, self.config.port, wait=opts.connect_timeout, name=self.name
+            )
+        except AmiError as exc:
+            return OriginateResult(False, action_id, f"Asterisk {self.name}: {exc}")
+        try:
+            await session.login(
+                self.config.username, self.config.secret, events="off", wait=opts.action_timeout
+            )
+            device = self.device_for(pbx, cpa)
+            if device is None:
+                listing = await session.list_action("DeviceStateList", wait=opts.action_timeout)
+                for msg in listing.events:
+                    self._learn(msg)
+                device = self.device_for(pbx, cpa)
+            if device is None:
+                return OriginateResult(False, message=f"{cpa} is not an extension of {pbx}")
+            headers = self._originate_headers(pbx, cpa, cpb, device, action_id)
+            response = await session.action(
+                "Originate", headers, wait=opts.action_timeout, action_id=action_id
+            )
+        except AmiActionError as exc:
+            log.info("dial %s %s→%s refused by Asterisk: %s", pbx, cpa, cpb, exc.message)
+            return OriginateResult(False, action_id, exc.message or "Response: Error")
+        except AmiError as exc:
+            log.warning("dial %s %s→%s failed: %s", pbx, cpa, cpb, exc)
+            return OriginateResult(False, action_id, str(exc))
+        finally:
+            await session.close(wait=1.0)
+        log.info("dial %s %s→%s queued as %s (from a standby process)", pbx, cpa, cpb, action_id)
         return OriginateResult(True, action_id, response.value("Message"))
 
     def _originate_response(self, msg: AmiMessage) -> None:
@@ -477,7 +575,7 @@ class _Server:
 
     async def _deliver_cdr(self, pbx: str, record: CdrRecord) -> None:
         delivery = self._delivery
-        if delivery is None:
+        if delivery is None or not self._acts():
             return
         try:
             if await delivery.live(pbx, record):
@@ -530,6 +628,8 @@ class _Server:
             if batch is None:
                 return
             text, inode, offset = batch
+            if not self._acts():
+                return
             rows = self.convert_csv(text, converter)
             stored = await delivery.catch_up(rows)
             self.cdrs_imported += len(stored)
@@ -552,6 +652,10 @@ class _Server:
 
     def health(self) -> dict[str, Any]:
         info = self.connection.health()
+        if self.leader is not None:
+            info["lease"] = self.leader.state
+            if not self.leader.holds():
+                info["state"] = "standby"
         info["pbxes"] = list(self.pbxes)
         info["resyncs"] = self.resyncs
         info["cdrs"] = {"live": self.cdrs_live, "imported": self.cdrs_imported}
@@ -580,7 +684,8 @@ class AsteriskBackend:
 
     `state_dir` keeps the Master.csv positions across restarts (None: in memory only);
     `ledger` tells the CDR catch-up which rows are stored (None: it only remembers the
-    rows this process stored).
+    rows this process stored); `elect` makes each server's connector run only where its
+    lease is held (None: always here).
     """
 
     def __init__(
@@ -589,10 +694,11 @@ class AsteriskBackend:
         *,
         state_dir: Path | None = None,
         ledger: CdrLedger | None = None,
+        elect: Elect | None = None,
     ) -> None:
         self.config = config
         self._servers = [
-            _Server(server, config.rating, state_dir=state_dir, ledger=ledger)
+            _Server(server, config.rating, state_dir=state_dir, ledger=ledger, elect=elect)
             for server in config.servers
         ]
         self._by_pbx = {pbx: server for server in self._servers for pbx in server.pbxes}
@@ -612,7 +718,7 @@ class AsteriskBackend:
 
     def is_extension(self, pbx: str, number: str) -> bool:
         server = self._by_pbx.get(pbx)
-        return server is not None and server.device_for(pbx, number) is not None
+        return server is not None and server.may_be_extension(pbx, number)
 
     async def start(self, sink: PbxSink) -> None:
         """Start connecting to every server; returns at once (see `wait_connected`)."""
@@ -648,12 +754,15 @@ class AsteriskBackend:
 
     def health(self) -> dict[str, Any]:
         """`{"status": "ok"|"degraded", "servers": [...]}`: ok when every server is
-        connected. Each server: name, address, state (`connected`, `connecting`,
-        `disconnected`, `auth_failed`, `stopped`), since, error, connects, pbxes,
+        connected or standing by. Each server: name, address, state (`connected`,
+        `connecting`, `disconnected`, `auth_failed`, `stopped`, or `standby` where another
+        process holds the server's lease), `lease` (`leader`/`standby`, with leases only),
+        since, error, connects, pbxes,
         `dropped` (AMI event name → events naming no PBX of it). `dropped` at the top:
         their sum over all servers."""
         servers = [server.health() for server in self._servers]
-        ok = all(info["state"] == "connected" for info in servers)
+        # A standby is healthy: the server's connector runs in the process holding its lease.
+        ok = all(info["state"] in ("connected", "standby") for info in servers)
         dropped = sum(sum(info["dropped"].values()) for info in servers)
         return {
             "backend": "asterisk",

@@ -35,4 +35,5 @@ async def asterisk_backend(runtime: Runtime) -> AsteriskBackend:
         config,
         state_dir=settings.data_dir / "asterisk",
         ledger=StoreLedger(runtime.engine, runtime.tenants),
+        elect=runtime.elect,
     )

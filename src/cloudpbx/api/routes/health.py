@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastapi import APIRouter
 from sqlalchemy import text
@@ -24,8 +25,8 @@ router = APIRouter()
     summary="Health of the server and each of its dependencies",
     responses={
         200: {
-            "description": '`{"status": "ok", "version": ..., "database": "ok", "backends": '
-            '[{"backend": "asterisk", "status": "ok", "dropped": 0}], "sms": [...], '
+            "description": '`{"status": "ok", "version": ..., "database": "ok", "pid": ..., '
+            '"backends": [{"backend": "asterisk", "status": "ok", "dropped": 0}], "sms": [...], '
             '"dependencies": [{"name": "database", "status": "ok"}, ...]}` '
             "(docs/operations.md#health)"
         },
@@ -66,6 +67,8 @@ async def healthz(runtime: RuntimeDep) -> Response:
         "status": "ok" if healthy else "degraded",
         "version": __version__,
         "database": database,
+        # Which process answered (`serve --workers N` runs several on one port).
+        "pid": os.getpid(),
         "backends": backends,
         "sms": sms,
         "dependencies": checks,
