@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -518,4 +519,19 @@ async def test_the_flusher_backs_off_on_failures(engine, tenant, monkeypatch) ->
         await asyncio.sleep(0.01)
     assert await stored_ids(engine, tenant) == ids
     assert calls == 3
+    await hub.close()
+
+
+async def test_the_history_adds_nothing_for_the_garbage_collector_to_scan(engine, tenant) -> None:
+    """Thousands of channels keep millions of messages: as GC-tracked objects every full
+    collection would scan them all, stalling the event loop for every client."""
+    hub, _, _ = make_hub(engine, flush_interval=60, history_size=5_000, id_block=5_000)
+    await publish_n(hub, tenant, 1)  # the channel and its first block exist
+    gc.collect()
+    before = len(gc.get_objects())
+    await publish_n(hub, tenant, 3_000)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 300
+    replay = await hub.replay_after(tenant, 0)
+    assert [m.id for m in replay.messages] == list(range(1, 3_002))
     await hub.close()
