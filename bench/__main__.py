@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench               # full run, several minutes
     .venv/bin/python -m bench --quick       # smoke run, about a minute
-    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, memory, keepalive,
-                                            # storefirst, transcription, ami
+    .venv/bin/python -m bench --only cdr    # one suite: cdr, fanout, channels, memory,
+                                            # keepalive, storefirst, transcription, ami,
+                                            # scaleout, amiengine
 
 Every server runs in its own process on 127.0.0.1, the load in other processes. Numbers
 go to stdout as tables, and to .bench-data/results-{quick,full}.json.
@@ -17,14 +18,37 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 
-from bench import ami, cdr, fanout, keepalive, memory, storefirst, transcription
+from bench import (
+    ami,
+    amiengine,
+    cdr,
+    channels,
+    fanout,
+    keepalive,
+    memory,
+    scaleout,
+    storefirst,
+    transcription,
+)
 from bench.common import DATA_DIR, raise_fd_limit, wait_for_quiet
 from bench.report import Report, summary
 
-SUITES = ("cdr", "fanout", "memory", "keepalive", "storefirst", "transcription", "ami")
+SUITES = (
+    "cdr",
+    "fanout",
+    "channels",
+    "memory",
+    "keepalive",
+    "storefirst",
+    "transcription",
+    "ami",
+    "scaleout",
+    "amiengine",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,31 +108,32 @@ async def main(args: argparse.Namespace) -> Report:
         if load >= 0.4:
             print(f"[{suite}] note: other processes keep {load:.1f} of the CPUs busy")
 
-    if "cdr" in suites:
-        await quiet("cdr")
-        await cdr.run(report, quick=args.quick, loop=args.loop)
     ws_args = {
         "loop": args.loop,
         "procs": args.ws_procs,
         "compression": compression,
         "client": args.ws_client,
     }
-    if "fanout" in suites:
-        await quiet("fanout")
-        await fanout.run(report, quick=args.quick, profile=args.profile, **ws_args)
-    if "memory" in suites:
-        await quiet("memory")
-        await memory.run(report, profile=args.profile, **ws_args)
-    for name, module in (("keepalive", keepalive), ("storefirst", storefirst)):
-        if name in suites:
-            await quiet(name)
-            await module.run(report, quick=args.quick, **ws_args)
-    if "transcription" in suites:
-        await quiet("transcription")
-        await transcription.run(report, quick=args.quick)
-    if "ami" in suites:
-        await quiet("ami")
-        await ami.run(report, quick=args.quick)
+    runs: dict[str, Callable[[], Awaitable[None]]] = {
+        "cdr": lambda: cdr.run(report, quick=args.quick, loop=args.loop),
+        "fanout": lambda: fanout.run(report, quick=args.quick, profile=args.profile, **ws_args),
+        "channels": lambda: channels.run(report, quick=args.quick, **ws_args),
+        "memory": lambda: memory.run(report, quick=args.quick, profile=args.profile, **ws_args),
+        "keepalive": lambda: keepalive.run(report, quick=args.quick, **ws_args),
+        "storefirst": lambda: storefirst.run(report, quick=args.quick, **ws_args),
+        "transcription": lambda: transcription.run(report, quick=args.quick),
+        "ami": lambda: ami.run(report, quick=args.quick),
+        "scaleout": lambda: scaleout.run(report, quick=args.quick),
+        "amiengine": lambda: amiengine.run(report, quick=args.quick),
+    }
+    for suite in SUITES:
+        if suite in suites:
+            started = time.monotonic()
+            await quiet(suite)
+            await runs[suite]()
+            seconds = time.monotonic() - started
+            report.details.setdefault("suite_seconds", {})[suite] = seconds
+            print(f"[{suite}] took {seconds:.0f}s (waiting for quiet included)")
     return report
 
 
@@ -129,7 +154,8 @@ def run(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print("=" * 100)
     print(summary(report))
-    print(f"\n({mode} run, {elapsed:.0f}s; details in .bench-data/results-{mode}.json)")
+    took = ", ".join(f"{k} {v:.0f}s" for k, v in report.details.get("suite_seconds", {}).items())
+    print(f"\n({mode} run, {elapsed:.0f}s: {took}; details in .bench-data/results-{mode}.json)")
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     (DATA_DIR / f"results-{mode}.json").write_bytes(
         orjson.dumps(

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gzip
 import shutil
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import DATA_DIR, HOST, LOG_DIR
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 FILE_NAME = "cdr.json"
 CONFIG = """\
 worker_processes 1;
@@ -69,13 +72,20 @@ class Nginx:
                 await self.proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the orchestrator dies (nginx does not
+    read stdin, so it cannot notice as the Python children do)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -89,28 +99,45 @@ async def start_nginx(body: bytes, gzip_level: int) -> Nginx | None:
         return None
     prefix = DATA_DIR / "nginx"
     root = prefix / "root"
-    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     (root / FILE_NAME).write_bytes(body)
     (root / f"{FILE_NAME}.gz").write_bytes(gzip.compress(body, gzip_level, mtime=0))
+    port = free_port()
+    config = CONFIG.format(
+        prefix=prefix, log=LOG_DIR / "nginx.log", host=HOST, port=port, root=root
+    )
+    return await launch(binary, prefix, config, port, f"/{FILE_NAME}", "nginx.log")
+
+
+async def launch(
+    binary: str, prefix: Path, config: str, port: int, probe: str, log_name: str
+) -> Nginx:
+    """Start nginx with `config` under `prefix`; return once `HEAD probe` answers 200
+    and the worker exists (or raise, with nginx stopped)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    config = prefix / "nginx.conf"
-    config.write_text(
-        CONFIG.format(prefix=prefix, log=LOG_DIR / "nginx.log", host=HOST, port=port, root=root)
-    )
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-p", str(prefix), "-c", str(config), stdin=asyncio.subprocess.DEVNULL
-    )
-    server = Nginx(proc, port, f"/{FILE_NAME}")
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    config_path = prefix / "nginx.conf"
+    config_path.write_text(config)
+    with (LOG_DIR / log_name).open("ab") as log:  # start-up warnings, beside its error log
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-p",
+            str(prefix),
+            "-c",
+            str(config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=_die_with_parent,
+        )
+    server = Nginx(proc, port, probe)
     for _ in range(200):  # up to 10 s
         if proc.returncode is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}; see {LOG_DIR}/nginx.log")
+            raise RuntimeError(f"nginx exited with {proc.returncode}; see {LOG_DIR}/{log_name}")
         with contextlib.suppress(OSError):
             # An answer, not just a connection: the master listens before its worker
             # exists, and the worker is the process whose CPU the bench measures.
             reader, writer = await asyncio.open_connection(HOST, port)
-            writer.write(f"HEAD /{FILE_NAME} HTTP/1.0\r\n\r\n".encode())
+            writer.write(f"HEAD {probe} HTTP/1.0\r\n\r\n".encode())
             status = await reader.readline()
             writer.close()
             if status.startswith(b"HTTP/1.1 200") and len(server.pids()) > 1:

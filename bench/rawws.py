@@ -4,7 +4,9 @@ It accepts any WebSocket connection and keeps it in a set; `POST /_bench/publish
 HTTP request answered from `process_request`) sends `count` messages at `rate` per
 second with `websockets.broadcast`, each the same JSON shape and size as cloudpbx's
 messages (`{"id", "channel", "text": {"subscriber": {...}}}`), with the time each was
-scheduled for, as in bench/serve.py.
+scheduled for, as in bench/serve.py, and ids that go on rising from step to step. It
+answers with the longest event-loop stall while publishing (the same monitor as
+bench/serve.py's). It pings every 2.5 s, as cloudpbx does by default.
 `GET /_bench/stats` answers the connection count, pid and RSS. Prints
 `{"event": "ready", "port": ..., "pid": ...}` on stdout once it listens.
 """
@@ -12,6 +14,7 @@ scheduled for, as in bench/serve.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -22,9 +25,18 @@ import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-from bench.common import HOST, emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
+from bench.common import (
+    HOST,
+    LoopLag,
+    emit,
+    install_uvloop,
+    raise_fd_limit,
+    rss_kib,
+    until_orphaned,
+)
 
 CLIENTS: set[ServerConnection] = set()
+IDS = itertools.count(1)
 
 
 async def handler(connection: ServerConnection) -> None:
@@ -38,8 +50,10 @@ async def handler(connection: ServerConnection) -> None:
 
 async def publish(
     channel: str, count: int, rate: float, step: int, max_behind: float
-) -> dict[str, float]:
+) -> dict[str, object]:
     loop = asyncio.get_running_loop()
+    lag = LoopLag()
+    lag.start()
     start = loop.time()
     wall_start = time.time()
     behind_max = 0.0
@@ -63,13 +77,14 @@ async def publish(
                 "connectPeerName": repr(wall_start + index / rate),  # scheduled time
             }
         }
-        data = orjson.dumps({"id": index + 1, "channel": channel, "text": text}).decode()
+        data = orjson.dumps({"id": next(IDS), "channel": channel, "text": text}).decode()
         broadcast(CLIENTS, data)
     return {
         "published": published,
         "t_first": wall_start,
         "elapsed": loop.time() - start,
         "behind_max": behind_max,
+        "loop_lag_s": lag.stop(),  # (wall, busy)
     }
 
 
@@ -117,7 +132,7 @@ async def main() -> None:
         process_request=process_request,
         compression="deflate",  # accepted when the client offers it, as uvicorn does
         open_timeout=120,  # a publish request is answered only after its last message
-        ping_interval=20,
+        ping_interval=2.5,
         ping_timeout=20,
         max_queue=16,
         backlog=2048,

@@ -27,6 +27,8 @@ CDR_PBX = "BenchCdr"
 CDR_KEY = "bench-cdr-key-0000000001"
 WS_PBX = "BenchWs"
 WS_KEY = "bench-ws-key-00000000001"
+CHANNEL_PBX = "BenchCh{}"
+CHANNEL_KEY = "bench-ch-key-{}-000000"
 FIRST_DAY = date(2024, 11, 1)  # 100 days from here are all CET: no DST change inside
 MEASURED_DAY_INDEX = 70
 SEED = 20_241_101
@@ -188,4 +190,61 @@ async def ws_database(name: str) -> Path:
     path = DATA_DIR / f"{name}.sqlite"
     _remove_db(path)
     await _create_schema(path, WS_PBX, WS_KEY)
+    return path
+
+
+def _only_row(conn: sqlite3.Connection, table: str) -> dict[str, object]:
+    cursor = conn.execute(f"SELECT * FROM {table}")
+    (row,) = cursor.fetchall()
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def channel_pbx(n: int | str) -> str:
+    """The name of PBX number `n` of the many-channel database."""
+    return CHANNEL_PBX.format(n)
+
+
+def channel_key(n: int | str) -> str:
+    """The API key of PBX number `n` of the many-channel database."""
+    return CHANNEL_KEY.format(n)
+
+
+async def channels_database(name: str, count: int) -> Path:
+    """A fresh database with the WebSocket PBX and `count` more PBXes (BenchCh0, ...), each
+    with its own key: many small channels. Rows go in through `sqlite3` in one batch,
+    copied from one PBX the project's own TenantStore created."""
+    from cloudpbx.storage.tenants import hash_key, key_prefix
+
+    path = await ws_database(name)
+    conn = sqlite3.connect(path)
+    try:
+        pbx_row = _only_row(conn, "pbx")
+        key_row = _only_row(conn, "api_key")
+        pbx_columns = [c for c in pbx_row if c not in ("id", "name")]
+        key_columns = [c for c in key_row if c not in ("id", "pbx_id", "key_hash", "prefix")]
+        first = int(str(pbx_row["id"])) + 1
+        with conn:
+            conn.executemany(
+                f"INSERT INTO pbx (id, name, {', '.join(pbx_columns)}) "
+                f"VALUES (?, ?{', ?' * len(pbx_columns)})",
+                [
+                    (first + n, channel_pbx(n), *(pbx_row[c] for c in pbx_columns))
+                    for n in range(count)
+                ],
+            )
+            conn.executemany(
+                f"INSERT INTO api_key (pbx_id, key_hash, prefix, {', '.join(key_columns)}) "
+                f"VALUES (?, ?, ?{', ?' * len(key_columns)})",
+                [
+                    (
+                        first + n,
+                        hash_key(channel_key(n)),
+                        key_prefix(channel_key(n)),
+                        *(key_row[c] for c in key_columns),
+                    )
+                    for n in range(count)
+                ],
+            )
+    finally:
+        conn.close()
     return path

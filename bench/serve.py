@@ -16,7 +16,14 @@ production one); the only additions are routes under `/_bench/` on the same app:
   through `EventHub.publish` at `rate` per second; `connectPeerName` carries the time the
   event was scheduled for (wall clock), `connectPeerNumber` the step number; the publisher
   gives up when more than `max_behind` seconds behind;
+- `POST /_bench/publish-many?pbxes=&count=&rate=&step=`: the same over the first `pbxes`
+  PBXes of the many-channel database (bench.seed.channels_database), interleaved:
+  `rate` is the total per second, each PBX gets `count`;
+- `POST /_bench/warm-many?pbxes=`: one event to each of those PBXes, 100 at a time;
+- `POST /_bench/gc-full`: objects the garbage collector tracks, and the time of one full
+  collection (what a generation-2 pass stalls the loop for);
 - `GET /_bench/stats?pbx=`: subscribers on the PBX's channel, pid, RSS;
+- `GET /_bench/stats-many?pbxes=`: subscribers summed over the first `pbxes` PBXes;
 - `POST /_bench/profile/start`, `POST /_bench/profile/stop?path=`: cProfile of the event
   loop thread, written as a sorted text report;
 - `POST /_bench/tracemalloc/start`, `POST /_bench/tracemalloc/report?path=&count=`: where
@@ -24,7 +31,8 @@ production one); the only additions are routes under `/_bench/` on the same app:
 - `POST /_bench/shutdown`: a clean stop (lifespan shutdown runs, no signal involved).
 
 `BENCH_HUB=publish-first` makes the hub publish before storing (the order before
-store-first), the baseline of bench/storefirst.py.
+store-first), the baseline of bench/storefirst.py. `BENCH_GC_THRESHOLD=A,B,C` sets the
+garbage collector's thresholds after start-up (an experiment; `src` keeps the defaults).
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.common import emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
+from bench.common import LoopLag, emit, install_uvloop, raise_fd_limit, rss_kib, until_orphaned
+from bench.seed import channel_pbx
 from cloudpbx.api.responses import OrjsonResponse, page_response
 from cloudpbx.domain.dates import date_range
 from cloudpbx.domain.events import Event, Subscriber, channel_name
@@ -133,6 +142,8 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
     pages: dict[tuple[str, str, str], JsonPage] = {}
     profiler: dict[str, cProfile.Profile] = {}
     pauses = GcPauses()
+    lag = LoopLag()
+    many: list[Tenant] = []  # the many-channel PBXes, resolved once
     snapshots: dict[str, tracemalloc.Snapshot] = {}
 
     # The precomputed baselines are plain Starlette endpoints: no FastAPI parameter
@@ -192,44 +203,101 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
             await task
         return OrjsonResponse({"written": written[0]})
 
-    async def publish(
-        pbx: str, count: int, rate: float, step: int = 0, max_behind: float = 3.0
-    ) -> Response:
-        tenant = await runtime.tenants.require(pbx)
+    async def publish_scheduled(
+        tenants: Sequence[Tenant], count: int, rate: float, step: int, max_behind: float
+    ) -> dict[str, Any]:
+        """`count` events per tenant, interleaved, `rate` per second in all, each through
+        `EventHub.publish` when it is due; the answer says how far it got and how long
+        the event loop and the garbage collector stalled meanwhile."""
         loop = asyncio.get_running_loop()
         hub = runtime.hub
         pauses.take()
-        peer = f"{pbx}-101"
+        lag.start()
         step_tag = str(step)
         start = loop.time()
         wall_start = time.time()
         behind_max = 0.0
         published = 0
-        for index in range(count):
+        # When behind, yield once per millisecond of schedule (each event at 1,000/s or
+        # less): enough for the senders, without a loop turn per event at 20,000/s.
+        every = max(1, round(rate / 1000))
+        for index in range(count * len(tenants)):
             delay = start + index / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            else:
+            elif index % every == 0:
                 behind_max = max(behind_max, -delay)
                 if behind_max > max_behind:
                     break  # saturated: a longer backlog would measure only the backlog
                 await asyncio.sleep(0)  # never starve the senders, even when behind
-            published += 1
+            tenant = tenants[index % len(tenants)]
             # The scheduled time, not the actual one: a publisher held up by a busy loop
             # shows as latency (no coordinated omission).
             scheduled = repr(wall_start + index / rate)
-            event = Subscriber(peer, DeviceState.IN_USE, step_tag, scheduled)
+            event = Subscriber(f"{tenant.name}-101", DeviceState.IN_USE, step_tag, scheduled)
             await hub.publish(tenant, [event])
+            published += 1
         elapsed = loop.time() - start
+        return {
+            "published": published // len(tenants),  # complete rounds: per tenant
+            "t_first": wall_start,
+            "elapsed": elapsed,
+            "behind_max": behind_max,
+            "gc": pauses.take(),
+            "loop_lag_s": lag.stop(),  # (wall, busy)
+        }
+
+    async def publish(
+        pbx: str, count: int, rate: float, step: int = 0, max_behind: float = 3.0
+    ) -> Response:
+        tenant = await runtime.tenants.require(pbx)
+        return OrjsonResponse(await publish_scheduled([tenant], count, rate, step, max_behind))
+
+    async def publish_many(
+        pbxes: int, count: int, rate: float, step: int = 0, max_behind: float = 3.0
+    ) -> Response:
+        while len(many) < pbxes:
+            many.append(await runtime.tenants.require(channel_pbx(len(many))))
+        chosen = many[:pbxes]
+        return OrjsonResponse(await publish_scheduled(chosen, count, rate, step, max_behind))
+
+    async def warm_many(pbxes: int) -> Response:
+        """One event to each of the first `pbxes` PBXes, 100 at a time: every channel
+        loaded from the database and its first ids reserved before the measured steps
+        (sequentially that is a database round trip or two per PBX)."""
+        while len(many) < pbxes:
+            many.append(await runtime.tenants.require(channel_pbx(len(many))))
+        started = time.perf_counter()
+        for first in range(0, pbxes, 100):
+            chunk = many[first : min(pbxes, first + 100)]
+            await asyncio.gather(
+                *(
+                    runtime.hub.publish(
+                        t, [Subscriber(f"{t.name}-101", DeviceState.IDLE, "0", "0")]
+                    )
+                    for t in chunk
+                )
+            )
+        return OrjsonResponse({"seconds": time.perf_counter() - started})
+
+    async def gc_full() -> Response:
+        """Objects the garbage collector tracks, and how long one full pass takes now:
+        what a generation-2 collection would stall the event loop for."""
+        tracked = len(gc.get_objects())
+        wall, cpu = time.perf_counter(), time.thread_time()
+        gc.collect()
         return OrjsonResponse(
             {
-                "published": published,
-                "t_first": wall_start,
-                "elapsed": elapsed,
-                "behind_max": behind_max,
-                "gc": pauses.take(),
+                "tracked": tracked,
+                "frozen": gc.get_freeze_count(),
+                "full_pass_s": time.perf_counter() - wall,
+                "full_pass_cpu_s": time.thread_time() - cpu,
             }
         )
+
+    async def stats_many(pbxes: int) -> Response:
+        count = sum(runtime.bus.subscriber_count(f"pbx_{channel_pbx(n)}") for n in range(pbxes))
+        return OrjsonResponse({"subscribers": count})
 
     async def stats(pbx: str = "") -> Response:
         gc.collect()
@@ -293,7 +361,11 @@ def install_bench_routes(app: FastAPI, runtime: Runtime, server: uvicorn.Server)
     app.add_api_route("/_bench/write-cdrs", write_cdrs, methods=["POST"])
     app.add_api_route("/_bench/write-cdrs/stop", write_cdrs_stop, methods=["POST"])
     app.add_api_route("/_bench/publish", publish, methods=["POST"])
+    app.add_api_route("/_bench/publish-many", publish_many, methods=["POST"])
+    app.add_api_route("/_bench/warm-many", warm_many, methods=["POST"])
+    app.add_api_route("/_bench/gc-full", gc_full, methods=["POST"])
     app.add_api_route("/_bench/stats", stats, methods=["GET"])
+    app.add_api_route("/_bench/stats-many", stats_many, methods=["GET"])
     app.add_api_route("/_bench/profile/start", profile_start, methods=["POST"])
     app.add_api_route("/_bench/profile/stop", profile_stop, methods=["POST"])
     app.add_api_route("/_bench/tracemalloc/start", tracemalloc_start, methods=["POST"])
@@ -326,6 +398,8 @@ async def main() -> None:
         raise RuntimeError("the server did not start in 30 s")
     port = server.servers[0].sockets[0].getsockname()[1]
     freeze_startup_heap()  # as `cloudpbx serve` does
+    if thresholds := os.environ.get("BENCH_GC_THRESHOLD"):  # experiment: e.g. "20000,10,10"
+        gc.set_threshold(*(int(t) for t in thresholds.split(",")))
     emit({"event": "ready", "port": port, "pid": os.getpid()})
     watchdog = asyncio.create_task(until_orphaned())
     watchdog.add_done_callback(lambda _: setattr(server, "should_exit", True))

@@ -5,11 +5,33 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from bench.common import DATA_DIR, HOST, Child, spawn
+
+
+class WsServer(Protocol):
+    """What the WebSocket suites need of a server under test: cloudpbx, the plain
+    `websockets` baseline (both `Server`) or nginx + nchan (bench/nchan.py)."""
+
+    kind: str
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes whose CPU and memory are the server's."""
+        ...
+
+    def ws_url(self, pbx: str, key: str) -> str: ...
+
+    async def control(
+        self, method: str, route: str, within: float = 30.0, **params: Any
+    ) -> dict[str, Any]: ...
+
+    async def stats(self, pbx: str = "") -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -21,6 +43,10 @@ class Server:
     @property
     def pid(self) -> int:
         return self.child.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.child.pid]
 
     @property
     def url(self) -> str:

@@ -1,8 +1,9 @@
 """A WebSocket load worker: N connections from one process, driven over stdin/stdout.
 
-`python -m bench.wsclients --url WS_URL --conns N --name NAME --out DIR
+`python -m bench.wsclients --url WS_URL --conns N --name NAME --out DIR [--first K]
 [--client websockets|raw] [--compression]` opens N connections (at most 64 handshakes in
-flight), prints `{"event": "ready", "ok": .., "failed": ..}` and then obeys JSON lines:
+flight; a `{n}` in the URL becomes K, K+1, ... one per connection: one PBX each),
+prints `{"event": "ready", "ok": .., "failed": ..}` and then obeys JSON lines:
 
 - `{"cmd": "step", "step": K, "expect": E, "deadline": S}`: count the messages of step K
   (`connectPeerNumber == str(K)`) until every open connection got E of them or S seconds
@@ -44,6 +45,14 @@ from cloudpbx.api.redaction import redact
 CONNECT_CONCURRENCY = 64
 CONNECT_TIMEOUT = 30.0
 CONNECT_DEADLINE = 180.0
+CONNECT_PER_CONNECTION = 0.02
+"""Seconds added to the connect deadline per connection: 10,000 handshakes on a busy
+2-core machine took over 180 s."""
+
+
+def connect_deadline(conns: int) -> float:
+    """How long a worker tries to open `conns` connections before it reports."""
+    return CONNECT_DEADLINE + CONNECT_PER_CONNECTION * conns
 
 
 class Counts:
@@ -60,12 +69,20 @@ class Counts:
         self.done = asyncio.Event()
         self.close_codes: Counter[str] = Counter()
         self.open_count = 0
+        self.disorder = 0
+        """Messages whose id was not above the connection's previous one (whole run)."""
 
-    def on_message(self, raw: str | bytes, received_at: float) -> None:
-        sub = orjson.loads(raw)["text"]["subscriber"]
+    def on_message(self, raw: str | bytes, received_at: float, previous_id: int) -> int:
+        """Count one message of a connection whose last id was `previous_id`; returns
+        this message's id."""
+        message = orjson.loads(raw)
+        message_id = int(message["id"])
+        if message_id <= previous_id:
+            self.disorder += 1
+        sub = message["text"]["subscriber"]
         if sub["connectPeerNumber"] != self.step_tag:
             self.stale += 1
-            return
+            return message_id
         self.latencies.append(received_at - float(sub["connectPeerName"]))
         self.received += 1
         if not self.t_first:
@@ -73,6 +90,7 @@ class Counts:
         self.t_last = received_at
         if self.received >= self.target:
             self.done.set()
+        return message_id
 
     def on_closed(self, code: int) -> None:
         self.close_codes[str(code)] += 1
@@ -101,9 +119,10 @@ class LibraryClient:
     async def _read(self, counts: Counts) -> None:
         now = time.time
         code = 1000
+        last_id = 0
         try:
             async for raw in self.ws:
-                counts.on_message(raw, now())
+                last_id = counts.on_message(raw, now(), last_id)
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else 1006
         counts.on_closed(code)
@@ -127,6 +146,7 @@ class RawClient(asyncio.Protocol):
         self.fragments: list[bytes] = []
         self.close_code: int | None = None
         self.closing = False
+        self.last_id = 0
 
     @classmethod
     async def open(cls, url: str, counts: Counts, compression: bool) -> RawClient:
@@ -201,7 +221,7 @@ class RawClient(asyncio.Protocol):
                 if self.fragments:
                     payload = b"".join([*self.fragments, payload])
                     self.fragments.clear()
-                self.counts.on_message(payload, received_at)
+                self.last_id = self.counts.on_message(payload, received_at, self.last_id)
             elif opcode == 0x9:
                 self._send(0xA, payload)
             elif opcode == 0x8:
@@ -234,24 +254,33 @@ class Worker:
         self.args = args
         self.counts = Counts()
         self.connections: list[LibraryClient | RawClient] = []
+        self.deflated = 0
+        """Connections on which the server accepted permessage-deflate."""
 
-    async def _open_one(self, sem: asyncio.Semaphore, failures: list[str]) -> None:
+    async def _open_one(self, sem: asyncio.Semaphore, failures: list[str], number: int) -> None:
         kind = RawClient if self.args.client == "raw" else LibraryClient
+        url = self.args.url.replace("{n}", str(number))
         async with sem:
             try:
-                client = await kind.open(self.args.url, self.counts, self.args.compression)
+                client = await kind.open(url, self.counts, self.args.compression)
             except Exception as exc:
                 failures.append(redact(f"{type(exc).__name__}: {exc}"))  # may name the URL
                 return
         self.connections.append(client)
         self.counts.open_count += 1
+        if isinstance(client, LibraryClient) and client.ws.protocol.extensions:
+            self.deflated += 1  # permessage-deflate, the only extension offered
 
     async def open_all(self) -> None:
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
         failures: list[str] = []
         started = time.monotonic()
-        tasks = [asyncio.create_task(self._open_one(sem, failures)) for _ in range(self.args.conns)]
-        _, pending = await asyncio.wait(tasks, timeout=CONNECT_DEADLINE)
+        first = self.args.first
+        tasks = [
+            asyncio.create_task(self._open_one(sem, failures, first + index))
+            for index in range(self.args.conns)
+        ]
+        _, pending = await asyncio.wait(tasks, timeout=connect_deadline(self.args.conns))
         for task in pending:
             task.cancel()
         emit(
@@ -261,6 +290,7 @@ class Worker:
                 "failed": self.args.conns - len(self.connections),
                 "seconds": time.monotonic() - started,
                 "error": failures[0] if failures else "",
+                "deflated": self.deflated,
             }
         )
 
@@ -299,6 +329,7 @@ class Worker:
             "t_last": c.t_last,
             "path": str(path),
             "open": c.open_count,
+            "disorder": c.disorder,
             "close_codes": dict(c.close_codes),
         }
 
@@ -316,6 +347,7 @@ async def main() -> None:
     parser.add_argument("--conns", type=int, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--client", choices=("websockets", "raw"), default="websockets")
     parser.add_argument("--compression", action="store_true")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -542,3 +543,18 @@ async def test_close_gives_a_dead_database_a_few_tries_not_the_outage_budget(
     await hub.close()
     assert tries == events_module.CLOSE_ATTEMPTS
     assert await stored_ids(engine, tenant) == []
+
+
+async def test_the_history_adds_nothing_for_the_garbage_collector_to_scan(engine, tenant) -> None:
+    """Thousands of channels keep millions of messages: as GC-tracked objects every full
+    collection would scan them all, stalling the event loop for every client."""
+    hub, _, _ = make_hub(engine, flush_interval=60, history_size=5_000, id_block=5_000)
+    await publish_n(hub, tenant, 1)  # the channel and its first block exist
+    gc.collect()
+    before = len(gc.get_objects())
+    await publish_n(hub, tenant, 3_000)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 300
+    replay = await hub.replay_after(tenant, 0)
+    assert [m.id for m in replay.messages] == list(range(1, 3_002))
+    await hub.close()

@@ -8,16 +8,18 @@ unless half a block goes out while one reservation is stuck. A crash skips the r
 the block, a clean shutdown gives it back.
 
 Store before publish: `publish` numbers the messages and queues them; a group commit
-every `flush_interval` (a few ms) writes what is queued, one transaction per PBX, and
-only then appends it to the in-memory history and hands it to the bus, in id order. So
-every message a client ever saw is in the database: a crash loses only messages nobody
-received, and a resume after it is complete. The same order (commit, then publish) holds
-for a bus that spans processes: whoever publishes a message has stored it first.
+every `flush_interval` (a few ms) writes what is queued for all PBXes in one transaction,
+and only then appends each PBX's group to its in-memory history and hands it to the bus
+in one `publish_batch`, in id order. So every message a client ever saw is in the
+database: a crash loses only messages nobody received, and a resume after it is
+complete. The same order (commit, then publish) holds for a bus that spans processes:
+whoever publishes a message has stored it first.
 
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
 database at first use, once per channel even when several callers ask at once) for
-instant resume; older rows are pruned. A failing write is retried with back-off, one
-transaction per PBX, and given up after `MAX_ATTEMPTS` (about 30 s of outage): those
+instant resume; older rows are pruned. When the shared write fails, each PBX is retried
+at once in its own transaction (so one deleted PBX fails alone); what still fails is
+retried with back-off and given up after `MAX_ATTEMPTS` (about 30 s of outage): those
 messages are never delivered (their ids are skipped). close() waits for a write in
 flight, writes what is left and gives unused ids back.
 """
@@ -53,11 +55,19 @@ MAX_BACKOFF = 1.0
 stream lags behind a database that is back (5 s had added up to 5 s of silence)."""
 
 
+_Kept = tuple[int, str]
+"""A message in the history: (id, data). A tuple of an int and a str, not a WireMessage,
+because CPython's garbage collector stops tracking such tuples: with thousands of
+channels the history holds millions of messages, and as tracked objects every full
+collection would scan them all (a stall of the event loop for every client) and every
+message kept would bring the next full collection nearer."""
+
+
 @dataclass(slots=True)
 class _Channel:
     tenant: Tenant
     name: str
-    history: deque[WireMessage]
+    history: deque[_Kept]
     next_id: int = 0
     reserved_up_to: int = -1
     spare: asyncio.Task[int] | None = None
@@ -124,7 +134,10 @@ class EventHub:
             self._loading[tenant.id] = loading
             try:
                 history = deque(
-                    await self._store.latest(tenant.id, self._history_size),
+                    (
+                        (m.id, m.data)
+                        for m in await self._store.latest(tenant.id, self._history_size)
+                    ),
                     maxlen=self._history_size,
                 )
             except BaseException as exc:
@@ -191,17 +204,17 @@ class EventHub:
         """Every kept message with id > last_id, oldest first."""
         channel = await self._channel(tenant)
         history = channel.history
-        newest = history[-1].id if history else 0
+        newest = history[-1][0] if history else 0
         if last_id >= newest:
             return Replay([], True, newest)
-        messages = [m for m in history if m.id > last_id]
+        messages = [WireMessage(i, data) for i, data in history if i > last_id]
         # A history that never filled up was never pruned, whatever gaps its ids have.
-        kept = history[0].id <= last_id + 1 or len(history) < self._history_size
+        kept = history[0][0] <= last_id + 1 or len(history) < self._history_size
         return Replay(messages, kept, newest)
 
     async def last_id(self, tenant: Tenant) -> int:
         channel = await self._channel(tenant)
-        return channel.history[-1].id if channel.history else 0
+        return channel.history[-1][0] if channel.history else 0
 
     def _schedule_flush(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -245,24 +258,7 @@ class EventHub:
         groups: dict[int, list[tuple[int, WireMessage]]] = {}
         for item in batch:
             groups.setdefault(item[0], []).append(item)
-        failed: list[tuple[int, WireMessage]] = []
-        # One transaction per PBX: a PBX deleted meanwhile fails alone.
-        for pbx_id, group in groups.items():
-            try:
-                await self._store.append(group)
-            except Exception as exc:
-                # The first failure with its traceback; the retries of an outage (up to
-                # MAX_ATTEMPTS) one line each.
-                log.log(
-                    logging.WARNING if self._failed_attempts else logging.ERROR,
-                    "could not persist %d WebSocket messages of PBX %d (attempt %d): %s",
-                    len(group), pbx_id, self._failed_attempts + 1, type(exc).__name__,
-                    exc_info=not self._failed_attempts,
-                )  # fmt: skip
-                failed.extend(group)
-            else:
-                self._flushed_since_prune += len(group)
-                await self._deliver(pbx_id, group)
+        failed = await self._commit(batch, groups)
         if not failed:
             self._failed_attempts = 0
             return True
@@ -282,11 +278,77 @@ class EventHub:
             self._pending[:0] = failed
         return False
 
+    @property
+    def _first_failure(self) -> bool:
+        """The first failed write logs its traceback; the retries of an outage (up to
+        MAX_ATTEMPTS) log one line each."""
+        return self._failed_attempts == 0
+
+    @property
+    def _failure_level(self) -> int:
+        return logging.ERROR if self._first_failure else logging.WARNING
+
+    async def _commit(
+        self,
+        batch: list[tuple[int, WireMessage]],
+        groups: dict[int, list[tuple[int, WireMessage]]],
+    ) -> list[tuple[int, WireMessage]]:
+        """Store a flush's messages, then deliver each PBX's group; returns what failed.
+
+        Every PBX of the flush shares one transaction: with thousands of small channels a
+        transaction per PBX would be thousands of commits a second. Only when the shared
+        one fails (a PBX deleted meanwhile, the database down) is each PBX retried in its
+        own transaction, so that one bad PBX fails alone.
+        """
+        try:
+            await self._store.append(batch)
+        except Exception:
+            if len(groups) > 1:
+                log.warning(
+                    "could not persist %d WebSocket messages of %d PBXes together; "
+                    "retrying each PBX alone",
+                    len(batch),
+                    len(groups),
+                    exc_info=self._first_failure,
+                )
+                return await self._commit_each(groups)
+            log.log(
+                self._failure_level,
+                "could not persist %d WebSocket messages of PBX %d (attempt %d)",
+                len(batch), *groups, self._failed_attempts + 1,
+                exc_info=self._first_failure,
+            )  # fmt: skip
+            return batch
+        self._flushed_since_prune += len(batch)
+        for pbx_id, group in groups.items():
+            await self._deliver(pbx_id, group)
+        return []
+
+    async def _commit_each(
+        self, groups: dict[int, list[tuple[int, WireMessage]]]
+    ) -> list[tuple[int, WireMessage]]:
+        failed: list[tuple[int, WireMessage]] = []
+        for pbx_id, group in groups.items():
+            try:
+                await self._store.append(group)
+            except Exception:
+                log.log(
+                    self._failure_level,
+                    "could not persist %d WebSocket messages of PBX %d (attempt %d)",
+                    len(group), pbx_id, self._failed_attempts + 1,
+                    exc_info=self._first_failure,
+                )  # fmt: skip
+                failed.extend(group)
+            else:
+                self._flushed_since_prune += len(group)
+                await self._deliver(pbx_id, group)
+        return failed
+
     async def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
         """Stored messages join the history and go to the bus, in id order."""
         channel = self._channels[pbx_id]
         messages = [message for _, message in stored]
-        channel.history.extend(messages)
+        channel.history.extend([(m.id, m.data) for m in messages])
         self._bus.publish_batch(channel.name, messages)
 
     async def _prune_if_due(self) -> None:
@@ -298,7 +360,7 @@ class EventHub:
             history = channel.history
             if history and len(history) == self._history_size:
                 try:
-                    await self._store.prune(channel.tenant.id, history[0].id - 1)
+                    await self._store.prune(channel.tenant.id, history[0][0] - 1)
                 except Exception:
                     log.exception(
                         "could not prune the WebSocket history of PBX %d", channel.tenant.id
