@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="diagnostics: cProfile the server during the 60 events/s fan-out step, and "
+        help="diagnostics: cProfile the server during the 60 events/s fan-out step and the "
+        "10,000/s many-channel step, and "
         "tracemalloc the idle connections (written under .bench-data/)",
     )
     return parser.parse_args(argv)
@@ -117,7 +118,7 @@ async def main(args: argparse.Namespace) -> Report:
     runs: dict[str, Callable[[], Awaitable[None]]] = {
         "cdr": lambda: cdr.run(report, quick=args.quick, loop=args.loop),
         "fanout": lambda: fanout.run(report, quick=args.quick, profile=args.profile, **ws_args),
-        "channels": lambda: channels.run(report, quick=args.quick, **ws_args),
+        "channels": lambda: channels.run(report, quick=args.quick, profile=args.profile, **ws_args),
         "memory": lambda: memory.run(report, quick=args.quick, profile=args.profile, **ws_args),
         "keepalive": lambda: keepalive.run(report, quick=args.quick, **ws_args),
         "storefirst": lambda: storefirst.run(report, quick=args.quick, **ws_args),

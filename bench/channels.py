@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 from bench.common import connection_limit
 from bench.fanout import STEP_HEADERS, describe, qualifies, step_rows
@@ -36,6 +37,8 @@ QUICK_CHANNELS = 1_000
 FULL_RATES = [5_000.0, 10_000.0, 20_000.0]
 QUICK_RATES = [10_000.0]
 TARGET_RATIO = 1.5
+PROFILE_RATE = 10_000.0
+"""With `--profile`: the many-channel step at this total rate runs under cProfile."""
 
 
 async def _connect(
@@ -51,7 +54,14 @@ async def _connect(
 
 
 async def run(
-    report: Report, *, quick: bool, loop: str, procs: int, compression: bool, client: str
+    report: Report,
+    *,
+    quick: bool,
+    loop: str,
+    procs: int,
+    compression: bool,
+    client: str,
+    profile: bool = False,
 ) -> None:
     suite = "channels"
     channels = connection_limit(QUICK_CHANNELS if quick else FULL_CHANNELS, spare=512)
@@ -87,9 +97,16 @@ async def run(
                 per_channel = total / (channels if width else ONE_CHANNEL_CLIENTS)
                 count = max(1, round(per_channel * seconds))
                 per_second = total if width else per_channel
+                profiling = profile and label == many and total == PROFILE_RATE
+                if profiling:
+                    await servers[label].control("POST", "/_bench/profile/start")
                 step = await run_step(
                     servers[label], clients[label], step_no, per_second, count, 10, channels=width
                 )
+                if profiling:
+                    path = (Path(".bench-data") / "profile-channels.txt").resolve()
+                    await servers[label].control("POST", "/_bench/profile/stop", path=str(path))
+                    print(f"[channels] cProfile of the {label} server at {total:.0f}/s: {path}")
                 print(f"[channels] {describe(label, step)}")
                 results[label].append(step)
     except Exception as exc:

@@ -297,6 +297,67 @@ async def test_a_publish_after_close_does_not_reuse_released_ids(engine, tenant)
     await hub.close()
 
 
+class SlowReleaseTenants(CountingTenants):
+    """Giving ids back waits for `release_gate`: close() holds the channel meanwhile."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.release_gate = asyncio.Event()
+        self.releasing = asyncio.Event()
+
+    async def release_event_ids(self, pbx_id: int, reserved_up_to: int, used_up_to: int) -> None:
+        self.releasing.set()
+        await self.release_gate.wait()
+        await super().release_event_ids(pbx_id, reserved_up_to, used_up_to)
+
+
+async def test_a_publish_while_close_gives_ids_back_takes_none_of_them(engine, tenant) -> None:
+    """The block still has room while close() gives it back: a publisher that came in
+    then must wait its turn (no shortcut past the channel's holder), or the ids it took
+    would be handed out again after the restart."""
+    tenants = SlowReleaseTenants(engine)
+    hub = EventHub(tenants, EventStore(engine), MemoryBus(frame=text_frame), id_block=100)
+    assert await publish_n(hub, tenant, 2) == [1, 2]
+    closing = asyncio.create_task(hub.close())
+    await asyncio.wait_for(tenants.releasing.wait(), 5)
+    late = asyncio.create_task(hub.publish(tenant, [ext(1)]))
+    await asyncio.sleep(0.05)
+    assert not late.done()  # behind close(), not from the block being given back
+    tenants.release_gate.set()
+    await closing
+    (straggler,) = await late
+    other, _, _ = make_hub(engine, id_block=100)
+    fresh = await publish_n(other, tenant, 1)
+    assert 2 < straggler.id < fresh[0]  # a block of its own, reserved after the release
+    await other.close()
+    await hub.close()
+
+
+async def test_a_publisher_behind_one_waiting_for_ids_keeps_the_call_order(engine, tenant) -> None:
+    """One publisher waits for a new block with two events; one that comes later with
+    room in sight (after the first's ids) still gets later ids."""
+    hub, tenants, _ = make_hub(engine, id_block=3)
+    gate = asyncio.Event()
+    reserve = tenants.reserve_event_ids
+
+    async def slow_reserve(pbx_id: int, block: int) -> int:
+        await gate.wait()
+        return await reserve(pbx_id, block)
+
+    assert await queue_n(hub, tenant, 2) == [1, 2]  # the spare block's reservation is due
+    tenants.reserve_event_ids = slow_reserve  # type: ignore[method-assign]
+    hub._channels[tenant.id].spare = None  # (its first attempt: forgotten, the next waits)
+    first = asyncio.create_task(hub.publish(tenant, [ext(1), ext(2)]))  # id 3, then waits
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(hub.publish(tenant, [ext(3)]))
+    await asyncio.sleep(0.02)
+    assert not second.done()
+    gate.set()
+    ids = [m.id for m in await first] + [m.id for m in await second]
+    assert ids == sorted(ids) and ids[0] == 3
+    await hub.close()
+
+
 async def test_a_failed_reservation_keeps_what_already_went_out(engine, tenant) -> None:
     hub, tenants, _ = make_hub(engine, id_block=2, flush_interval=0.001, history_size=100)
     original = tenants.reserve_event_ids
@@ -418,6 +479,19 @@ async def test_close_waits_for_a_write_in_flight_instead_of_losing_it(engine, te
     more = await queue_n(hub, tenant, 2)  # pending while the first batch is written
     await hub.close()
     assert await stored_ids(engine, tenant) == ids + more
+
+
+async def test_prune_skips_full_channels_that_got_nothing_since(engine, tenant) -> None:
+    """A prune goes to the channels with new messages since their last one, not to every
+    channel with a full history (thousands of them, a DELETE each, every prune)."""
+    hub, tenants, store = make_hub(engine, history_size=5, id_block=100)
+    quiet = await tenants.create(f"Hub{next(_names)}")
+    await publish_n(hub, quiet, 6)  # its history is full (a prune is due every flush here)
+    assert store.prunes == [(quiet.id, 1)]
+    await publish_n(hub, tenant, 6)
+    await publish_n(hub, tenant, 6)
+    assert store.prunes == [(quiet.id, 1), (tenant.id, 1), (tenant.id, 7)]
+    await hub.close()
 
 
 async def test_messages_published_while_the_flusher_prunes_are_written(engine, tenant) -> None:
