@@ -47,9 +47,15 @@ async def create_tenants(runtime: Runtime, tenants: Tenants) -> None:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (the test command starts PG)."""
+    yield from scratch_pg_database("cloudpbx_test")
+
+
+def scratch_pg_database(prefix: str) -> Iterator[str]:
+    """For a synchronous fixture: the URL of a new PostgreSQL database named `prefix_...`,
+    dropped when the fixture's teardown resumes this generator."""
     import asyncio
 
-    name = f"cloudpbx_test_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN)

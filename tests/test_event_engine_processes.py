@@ -11,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from cloudpbx.runtime import build_runtime
-from tests.conftest import PG_ADMIN_DSN, Tenants, create_tenants
+from tests.conftest import Tenants, create_tenants, scratch_pg_database
 from tests.engine_support import NATS_URL, free_port, own_stream, read_until
 from tests.live import make_settings
 
@@ -33,18 +31,7 @@ from tests.live import make_settings
 @pytest.fixture
 def own_database() -> Iterator[str]:
     """A database of this test only: every process simulates every PBX in it."""
-    name = f"cloudpbx_engine_{secrets.token_hex(4)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from scratch_pg_database("cloudpbx_engine")
 
 
 def serve(data: Path, database: str, stream: str, port: int) -> subprocess.Popen[bytes]:
