@@ -18,6 +18,23 @@ LAB_PBX: dict[str, Any] = {"name": PBX, "queues": ["Kolejka1"], "conferences": [
 Item = tuple[str, dict[str, Any]]
 
 
+def fake_ami_server_toml(port: int) -> str:
+    """The `[[servers]]` table for the fake AMI server on `port`: pings, reconnects and
+    flushes quick enough for tests."""
+    return f"""
+[[servers]]
+name = "lab"
+port = {port}
+username = "api"
+secret = "apisecret"
+timezone = "UTC"
+ping_interval = 0.5
+reconnect_min = 0.05
+reconnect_max = 0.2
+flush_delay = 0.0
+"""
+
+
 class Sink:
     """A PbxSink that keeps everything; also a CdrLedger over the rows it stored."""
 

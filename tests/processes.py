@@ -17,6 +17,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from cloudpbx.runtime import build_runtime
+from cloudpbx.settings import Settings
 from tests.conftest import PG_ADMIN_DSN
 
 # The event engine the multi-process tests name (`serve --workers N` refuses to start
@@ -48,6 +50,16 @@ async def fresh_pg_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def seed_database(url: str, data_dir: Path, pbx: str, key: str) -> None:
+    """Migrates the database the nodes share and adds `pbx` with the API key `key`, before
+    any node starts (each node then finds its schema and tenant ready)."""
+    runtime = build_runtime(Settings(database_url=url, data_dir=data_dir))
+    await runtime.migrate()
+    await runtime.tenants.create(pbx, "Europe/Warsaw", None)
+    await runtime.tenants.create_key(pbx, "tests", key)
+    await runtime.engine.dispose()
 
 
 def serve(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

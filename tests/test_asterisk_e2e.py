@@ -37,10 +37,10 @@ DAYS = {
 }
 
 
-def write_toml(lab: Lab, path: Path) -> Path:
+def lab_server_toml(lab: Lab, ping_interval: float) -> str:
+    """The `[[servers]]` table for the lab's AMI, pinged every `ping_interval` seconds."""
     host, port = lab.ami_address
-    path.write_text(
-        f"""
+    return f"""
 [[servers]]
 name = "lab"
 host = "{host}"
@@ -48,11 +48,16 @@ port = {port}
 username = "{lab.settings.ami_user}"
 secret = "{lab.settings.ami_secret}"
 timezone = "UTC"
-ping_interval = 2.0
+ping_interval = {ping_interval}
 ping_timeout = 2.0
 reconnect_min = 0.2
 reconnect_max = 1.0
+"""
 
+
+def write_toml(lab: Lab, path: Path) -> Path:
+    path.write_text(
+        f"""{lab_server_toml(lab, 2.0)}
 [servers.recordings]
 dir = "{lab.recordings_dir}"
 settle = 0.3

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from cloudpbx.adapters.asterisk.config import ConfigError
 from cloudpbx.runtime import build_runtime
 from cloudpbx.server import attach_backends
-from tests.asterisk_helpers import PBX, until, until_async
+from tests.asterisk_helpers import PBX, fake_ami_server_toml, until, until_async
 from tests.conftest import Tenants, create_tenants
 from tests.fakes.ami_server import DATA, FakeAmi
 from tests.live import LiveServer, make_settings, running
@@ -27,18 +27,7 @@ ALL_DAYS = {"datestart": "2026-11-27", "datestop": "2026-11-29"}
 
 def write_toml(path: Path, port: int, monitor: Path, master: Path) -> Path:
     path.write_text(
-        f"""
-[[servers]]
-name = "lab"
-port = {port}
-username = "api"
-secret = "apisecret"
-timezone = "UTC"
-ping_interval = 0.5
-reconnect_min = 0.05
-reconnect_max = 0.2
-flush_delay = 0.0
-
+        f"""{fake_ami_server_toml(port)}
 [servers.recordings]
 dir = "{monitor}"
 settle = 0.05

@@ -22,12 +22,18 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from cloudpbx.adapters.asterisk.framing import AmiMessage
 from cloudpbx.ports.lease import Term
-from cloudpbx.runtime import build_runtime
-from cloudpbx.settings import Settings
 from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.leases import SqlLeaseStore
+from tests.asterisk_helpers import fake_ami_server_toml
 from tests.fakes.ami_server import FakeAmi
-from tests.processes import free_port, fresh_pg_database, serve, stop, wait_healthy
+from tests.processes import (
+    free_port,
+    fresh_pg_database,
+    seed_database,
+    serve,
+    stop,
+    wait_healthy,
+)
 
 PBX = "MojaCentrala"
 KEY = "FailoverTestKey1"
@@ -134,18 +140,7 @@ class Cluster:
 
 def write_config(path: Path, port: int) -> Path:
     path.write_text(
-        f"""
-[[servers]]
-name = "lab"
-port = {port}
-username = "api"
-secret = "apisecret"
-timezone = "UTC"
-ping_interval = 0.5
-reconnect_min = 0.05
-reconnect_max = 0.2
-flush_delay = 0.0
-
+        f"""{fake_ami_server_toml(port)}
 [[servers.pbx]]
 name = "{PBX}"
 """
@@ -158,11 +153,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     fake = await FakeAmi().start()
     config = write_config(tmp_path / "asterisk.toml", fake.port)
     async with fresh_pg_database() as url:
-        runtime = build_runtime(Settings(database_url=url, data_dir=tmp_path))
-        await runtime.migrate()
-        await runtime.tenants.create(PBX, "Europe/Warsaw", None)
-        await runtime.tenants.create_key(PBX, "tests", KEY)
-        await runtime.engine.dispose()
+        await seed_database(url, tmp_path, PBX, KEY)
         nodes: list[Node] = []
         try:
             for index in range(2):

@@ -25,11 +25,16 @@ import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 
 from cloudpbx.lab import Lab
-from cloudpbx.runtime import build_runtime
-from cloudpbx.settings import Settings
 from tests.engine_support import NATS_URL, own_stream
-from tests.processes import free_port, fresh_pg_database, serve, stop, wait_healthy
-from tests.test_asterisk_e2e import PBX, asterisk_now, clean, phone
+from tests.processes import (
+    free_port,
+    fresh_pg_database,
+    seed_database,
+    serve,
+    stop,
+    wait_healthy,
+)
+from tests.test_asterisk_e2e import PBX, asterisk_now, clean, lab_server_toml, phone
 
 KEY = "LabFailoverKey01"
 TTL = 1.5
@@ -84,21 +89,8 @@ async def until(predicate: Any, seconds: float, what: str) -> None:
 
 
 def write_config(lab: Lab, path: Path) -> Path:
-    host, port = lab.ami_address
     path.write_text(
-        f"""
-[[servers]]
-name = "lab"
-host = "{host}"
-port = {port}
-username = "{lab.settings.ami_user}"
-secret = "{lab.settings.ami_secret}"
-timezone = "UTC"
-ping_interval = 1.0
-ping_timeout = 2.0
-reconnect_min = 0.2
-reconnect_max = 1.0
-
+        f"""{lab_server_toml(lab, 1.0)}
 [[servers.pbx]]
 name = "{PBX}"
 """
@@ -135,11 +127,7 @@ async def cluster(lab: Lab, tmp_path: Path, stream: str) -> AsyncIterator[Cluste
     config = write_config(lab, tmp_path / "asterisk.toml")
     host, port = lab.ami_address
     async with fresh_pg_database() as url:
-        runtime = build_runtime(Settings(database_url=url, data_dir=tmp_path))
-        await runtime.migrate()
-        await runtime.tenants.create(PBX, "Europe/Warsaw", None)
-        await runtime.tenants.create_key(PBX, "tests", KEY)
-        await runtime.engine.dispose()
+        await seed_database(url, tmp_path, PBX, KEY)
         nodes: list[Node] = []
         try:
             for index in range(NODES):
