@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,14 @@ from cloudpbx.services.engine_hub import EngineHub, wire_data
 from cloudpbx.settings import Settings
 from cloudpbx.storage.event_archive import EventArchive
 from tests.conftest import Tenants, create_tenants
-from tests.engine_support import NATS_URL, free_port, own_stream, private_nats, read_until
+from tests.engine_support import (
+    NATS_URL,
+    PrivateNats,
+    free_port,
+    own_stream,
+    private_nats,
+    read_until,
+)
 from tests.live import LiveServer, make_settings, start_server
 
 
@@ -311,14 +318,19 @@ async def test_ids_continue_above_the_single_process_ids(tmp_path: Path, pg_data
         assert next(iter(seen)) == old[0].id
 
 
-async def test_engine_killed_and_restarted_loses_and_repeats_nothing(
-    tmp_path: Path, pg_database: str
-) -> None:
-    """kill -9 of the engine mid-stream: clients stay connected, publishing goes on after
-    the restart, and every event arrives once, in one order, on both servers."""
+async def publish_through_a_disruption(
+    tmp_path: Path,
+    database: str,
+    prefix: str,
+    count: int,
+    disrupt: Callable[[PrivateNats, list[LiveServer]], Awaitable[None]],
+) -> list[dict[int, str]]:
+    """Two servers on an engine of their own publish `count` events in turn; `disrupt`
+    runs halfway through, and a client of each server reads until it has them all. What
+    each client saw, by id."""
     async with (
         private_nats(tmp_path / "nats") as engine,
-        servers(tmp_path, pg_database, engine.url, "EVENTS", 2, event_engine_timeout=0.5) as (
+        servers(tmp_path, database, engine.url, "EVENTS", 2, event_engine_timeout=0.5) as (
             live,
             tenants,
         ),
@@ -327,25 +339,38 @@ async def test_engine_killed_and_restarted_loses_and_repeats_nothing(
         clients = [await connect(ws_url(server, tenants), proxy=None) for server in live]
         streams: list[dict[int, str]] = [{}, {}]
         readers = [
-            asyncio.create_task(read_until(ws, lambda s=seen: len(s) == 60, seen))
+            asyncio.create_task(read_until(ws, lambda s=seen: len(s) == count, seen))
             for ws, seen in zip(clients, streams, strict=True)
         ]
         try:
-            for n in range(60):
-                await live[n % 2].runtime.hub.publish(tenant, tagged(f"e{n}"))
+            for n in range(count):
+                await live[n % 2].runtime.hub.publish(tenant, tagged(f"{prefix}{n}"))
                 await asyncio.sleep(0.01)
-                if n == 30:
-                    engine.kill()
-                    await asyncio.sleep(0.5)
-                    await engine.start()
+                if n == count // 2:
+                    await disrupt(engine, live)
             await asyncio.wait_for(asyncio.gather(*readers), 30)
         finally:
             for task in readers:
                 task.cancel()
             for ws in clients:
                 await ws.close()
-        assert sorted(tags(streams[0])) == sorted(f"e{n}" for n in range(60))
-        assert streams[1] == streams[0]
+        return streams
+
+
+async def test_engine_killed_and_restarted_loses_and_repeats_nothing(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """kill -9 of the engine mid-stream: clients stay connected, publishing goes on after
+    the restart, and every event arrives once, in one order, on both servers."""
+
+    async def kill_and_restart(engine: PrivateNats, live: list[LiveServer]) -> None:
+        engine.kill()
+        await asyncio.sleep(0.5)
+        await engine.start()
+
+    streams = await publish_through_a_disruption(tmp_path, pg_database, "e", 60, kill_and_restart)
+    assert sorted(tags(streams[0])) == sorted(f"e{n}" for n in range(60))
+    assert streams[1] == streams[0]
 
 
 # nats-py 2.16 reuses its TcpTransport across reconnects and overwrites the StreamWriter of
@@ -362,40 +387,19 @@ async def test_a_stalled_engine_delays_but_loses_and_repeats_nothing(
     """The engine stops answering (SIGSTOP) for longer than the client's pings allow; the
     servers reconnect once it answers again, clients stay connected, and every event that
     was published meanwhile arrives once, in order, on both servers."""
-    async with (
-        private_nats(tmp_path / "nats") as engine,
-        servers(tmp_path, pg_database, engine.url, "EVENTS", 2, event_engine_timeout=0.5) as (
-            live,
-            tenants,
-        ),
-    ):
-        tenant = await live[0].runtime.tenants.require(tenants.a_name)
-        clients = [await connect(ws_url(server, tenants), proxy=None) for server in live]
-        streams: list[dict[int, str]] = [{}, {}]
-        readers = [
-            asyncio.create_task(read_until(ws, lambda s=seen: len(s) == 40, seen))
-            for ws, seen in zip(clients, streams, strict=True)
-        ]
-        try:
-            for n in range(40):
-                await live[n % 2].runtime.hub.publish(tenant, tagged(f"t{n}"))
-                await asyncio.sleep(0.01)
-                if n == 20:
-                    engine.pause()
-                    await asyncio.sleep(6)  # past 2 missed pings at 2 s: a stale link
-                    async with live[0].client() as client:
-                        health = (await client.get("/healthz")).json()
-                    engine.resume()
-                    assert health["status"] == "degraded"
-                    assert health["event_engine"].startswith("error")
-            await asyncio.wait_for(asyncio.gather(*readers), 30)
-        finally:
-            for task in readers:
-                task.cancel()
-            for ws in clients:
-                await ws.close()
-        assert sorted(tags(streams[0])) == sorted(f"t{n}" for n in range(40))
-        assert streams[1] == streams[0]
+
+    async def stall(engine: PrivateNats, live: list[LiveServer]) -> None:
+        engine.pause()
+        await asyncio.sleep(6)  # past 2 missed pings at 2 s: a stale link
+        async with live[0].client() as client:
+            health = (await client.get("/healthz")).json()
+        engine.resume()
+        assert health["status"] == "degraded"
+        assert health["event_engine"].startswith("error")
+
+    streams = await publish_through_a_disruption(tmp_path, pg_database, "t", 40, stall)
+    assert sorted(tags(streams[0])) == sorted(f"t{n}" for n in range(40))
+    assert streams[1] == streams[0]
     gc.collect()
 
 
