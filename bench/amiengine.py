@@ -22,18 +22,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from tests.fakes.ami_server import STATUS_TEXT, FakeAmi
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.ami import KEY, PBX, Seen, first_match, read_extstatus, write_toml
 from bench.common import DATA_DIR, HOST, Child, CpuMeter, percentile
 from bench.report import Report, ms
-from bench.scaleout import ADMIN, NATS, admin_sql, drop_scratch, launch_serve, stop_serve
+from bench.scaleout import NATS, drop_scratch, launch_serve, migrated_scratch, stop_serve
 from cloudpbx.adapters.asterisk.framing import AmiMessage
-from cloudpbx.storage import migrate
-from cloudpbx.storage.database import create_engine
-from cloudpbx.storage.tenants import TenantStore
 
 SUITE = "amiengine"
 TARGET_P99 = 0.020
@@ -61,17 +57,9 @@ class Lane:
 
 
 async def seed(name: str) -> str:
-    await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    try:
-        await migrate.upgrade(engine)
-        tenants = TenantStore(engine)
+    async with migrated_scratch(name) as (url, tenants):
         await tenants.create(PBX, "Europe/Warsaw")
         await tenants.create_key(PBX, "bench", value=KEY)
-    finally:
-        await engine.dispose()
     return url
 
 

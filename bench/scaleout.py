@@ -30,10 +30,11 @@ import socket
 import sys
 import time
 from array import array
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -51,6 +52,9 @@ from cloudpbx.domain.events import Subscriber
 from cloudpbx.domain.states import DeviceState
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
+
+if TYPE_CHECKING:
+    from cloudpbx.storage.tenants import TenantStore
 
 CLIENTS = 1_000
 CLIENT_PROCS = 2
@@ -148,8 +152,10 @@ async def admin_sql(sql: str) -> None:
         await conn.close()
 
 
-async def seed_database(name: str) -> str:
-    """A migrated scratch database with the WebSocket PBX and one full day of CDRs."""
+@contextlib.asynccontextmanager
+async def migrated_scratch(name: str) -> AsyncIterator[tuple[str, TenantStore]]:
+    """The scratch database `name`, made anew and migrated: its URL and a tenant store on
+    it, open for the `with` block only."""
     from cloudpbx.storage import migrate
     from cloudpbx.storage.database import create_engine
     from cloudpbx.storage.tenants import TenantStore
@@ -160,13 +166,18 @@ async def seed_database(name: str) -> str:
     engine = create_engine(url)
     try:
         await migrate.upgrade(engine)
-        tenants = TenantStore(engine)
+        yield url, TenantStore(engine)
+    finally:
+        await engine.dispose()
+
+
+async def seed_database(name: str) -> str:
+    """A migrated scratch database with the WebSocket PBX and one full day of CDRs."""
+    async with migrated_scratch(name) as (url, tenants):
         for pbx, key in ((WS_PBX, WS_KEY), (CDR_PBX, CDR_KEY)):
             await tenants.create(pbx, ZONE)
             await tenants.create_key(pbx, "bench", value=key)
         cdr_tenant = await tenants.require(CDR_PBX)
-    finally:
-        await engine.dispose()
     rows = _day_rows(random.Random(SEED), FIRST_DAY, DAY_ROWS, ZoneInfo(ZONE), 1)
     conn = await asyncpg.connect(_dsn(ADMIN, name))
     try:
