@@ -26,14 +26,7 @@ from cloudpbx.storage.database import create_engine
 from cloudpbx.storage.leases import SqlLeaseStore
 from tests.asterisk_helpers import fake_ami_server_toml
 from tests.fakes.ami_server import FakeAmi
-from tests.processes import (
-    free_port,
-    fresh_pg_database,
-    seed_database,
-    serve,
-    stop,
-    wait_healthy,
-)
+from tests.processes import free_port, fresh_pg_database, seed_database, serve, stop, wait_healthy
 
 PBX = "MojaCentrala"
 KEY = "FailoverTestKey1"

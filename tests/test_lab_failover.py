@@ -26,14 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from cloudpbx.lab import Lab
 from tests.engine_support import NATS_URL, own_stream
-from tests.processes import (
-    free_port,
-    fresh_pg_database,
-    seed_database,
-    serve,
-    stop,
-    wait_healthy,
-)
+from tests.processes import free_port, fresh_pg_database, seed_database, serve, stop, wait_healthy
 from tests.test_asterisk_e2e import PBX, asterisk_now, clean, lab_server_toml, phone
 
 KEY = "LabFailoverKey01"
