@@ -392,6 +392,32 @@ async def test_the_page_folds_every_event_type_of_a_message(panel: Panel) -> Non
     assert folded["sms"] == [{"id": "77", "to": "48600100200", "status": "SENT", "eventId": 5}]
 
 
+CONNECTING = """async (pbx) => {
+  const { applyMessage, createState, sortedExtensions } = await import('/panel/state.js');
+  const state = createState(pbx);
+  const fold = (id, text) => applyMessage(state, {id, channel: 'pbx_' + pbx, text}, id);
+  const lamp = () => sortedExtensions(state)[0].status;
+  fold(1, {subscriber: {peer: pbx + '-101', statusValue: 32, connectPeerNumber: '102'}});
+  fold(2, {extstatus: {exten: '101', status: 1}});
+  const calling = lamp();
+  fold(3, {subscriber: {peer: pbx + '-101', statusValue: 1, connectPeerNumber: '102'}});
+  const talking = lamp();
+  fold(4, {extstatus: {exten: '101', status: 0}});
+  return [calling, talking, lamp()];
+}"""
+
+
+async def test_a_calling_phone_stays_connecting_when_its_hint_says_in_use(panel: Panel) -> None:
+    """Asterisk's hint of a phone placing a call reads In Use (1); Connecting (32) comes from
+    `subscriber` only, and the `extstatus` that follows it must not hide it."""
+    context = await panel.browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{panel.url}/panel/")
+    lamps = await page.evaluate(CONNECTING, DEMO_PBX)
+    await context.close()
+    assert lamps == [32, 1, 0]
+
+
 async def test_todays_calls_play_a_recording_beside_its_transcription(panel: Panel) -> None:
     page = await panel.open()
     async with panel.server.client(KEY) as client:

@@ -21,6 +21,16 @@ class DeviceState(IntEnum):
     CONNECTING = 32
 
 
+def extension_status(device: DeviceState) -> DeviceState:
+    """`extstatus.status` for a phone in `device` state, as Asterisk's ExtensionStatus says it.
+
+    Connecting (32) is a device state we derive for `subscriber` only (CONTRACT.md): Asterisk's
+    extension states have no such value, and a hint whose phone is placing a call that the
+    other side has not answered yet reads In Use (the lab's `originate` transcript).
+    """
+    return DeviceState.IN_USE if device is DeviceState.CONNECTING else device
+
+
 def reduce_device_state(bits: int) -> DeviceState:
     """Reduce an Asterisk combined extension-state bitmask to one contract value.
 

@@ -24,7 +24,7 @@ from cloudpbx.domain.events import (
     Subscriber,
     peer_name,
 )
-from cloudpbx.domain.states import DeviceState, MemberStatus
+from cloudpbx.domain.states import DeviceState, MemberStatus, extension_status
 
 _MEMBER_STATUS = {
     DeviceState.IDLE: MemberStatus.IDLE,
@@ -136,9 +136,14 @@ class PbxState:
     ) -> list[Event]:
         if (phone.device_state, phone.peer) == before:
             return []
+        status = extension_status(phone.device_state)
+        # Asterisk sends an ExtensionStatus only when the extension's state changes.
+        extstatus = (
+            [ExtStatus(phone.number, status)] if status != extension_status(before[0]) else []
+        )
         return [
             self._subscriber(phone),
-            ExtStatus(phone.number, phone.device_state),
+            *extstatus,
             *(self._member(m) for m in self.memberships.get(phone.number, ())),
         ]
 
@@ -237,7 +242,8 @@ class PbxState:
         """The current state of every phone, queue, agent and conference participant."""
         events: list[Event] = []
         for phone in self.phones.values():
-            events += [self._subscriber(phone), ExtStatus(phone.number, phone.device_state)]
+            status = extension_status(phone.device_state)
+            events += [self._subscriber(phone), ExtStatus(phone.number, status)]
         for queue in self.config.queues:
             events.append(QueueCalls(queue.name, self.waiting[queue.name]))
             events += [self._member(m) for m in self._queue_members(queue)]

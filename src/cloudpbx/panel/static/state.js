@@ -45,7 +45,9 @@ const HANDLERS = {
     const exten = String(event.exten ?? "");
     if (!exten) return;
     const known = state.extensions.get(exten);
-    const status = Number(event.status);
+    // Connecting (32) is a device state only `subscriber` carries: the hint of a phone
+    // placing a call reads In Use (1), which must not hide that it is still connecting.
+    const status = known?.status === 32 && Number(event.status) === 1 ? 32 : Number(event.status);
     // extstatus has no party: keep the one subscriber gave unless the phone is now free.
     const party = known && status !== 0 && status !== 4 ? known.party : null;
     setExtension(state, exten, status, now, party);
