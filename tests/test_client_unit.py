@@ -15,6 +15,7 @@ import cloudpbx.client as sdk
 from cloudpbx.client import (
     ConferenceMemberEvent,
     DeviceState,
+    ExtStatusEvent,
     PbxState,
     ProtocolError,
     QueueMemberEvent,
@@ -191,6 +192,18 @@ def test_pbx_state_follows_events() -> None:
     assert list(state.sms) == [str(n) for n in range(5, 15)]
     state.apply(UnknownEvent("future", {}), 30)
     assert (state.last_event_id, state.events_seen) == (30, 22)
+
+
+def test_a_calling_phone_stays_connecting_when_its_hint_says_in_use() -> None:
+    """Asterisk's hint of a phone placing a call reads In Use; 32 comes from `subscriber`."""
+    state = PbxState(pbx="MojaCentrala")
+    hint = ExtStatusEvent.from_json
+    state.apply(sub(32, "102"), 1, now=1.0)
+    state.apply(hint({"exten": "101", "status": 1}), 2, now=2.0)
+    assert (state.extensions["101"].status, state.extensions["101"].since) == (32, 1.0)
+    state.apply(sub(1, "102"), 3, now=3.0)
+    state.apply(hint({"exten": "101", "status": 0}), 4, now=4.0)
+    assert state.extensions["101"].status == 0
 
 
 def test_watch_view_keeps_numbers_and_states_whole_in_a_narrow_terminal() -> None:

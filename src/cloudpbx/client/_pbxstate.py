@@ -64,7 +64,11 @@ class PbxState:
                 elif event.status == 0:
                     view.connected_number = view.connected_name = None
             case ExtStatusEvent():
-                view = self._extension(event.exten, event.status, moment)
+                known = self.extensions.get(event.exten)
+                # Connecting (32) is a device state only `subscriber` carries; the hint of a
+                # phone placing a call reads In Use (1), which must not hide it.
+                connecting = known is not None and known.status == 32 and event.status == 1
+                view = self._extension(event.exten, 32 if connecting else event.status, moment)
                 if event.status == 0:
                     view.connected_number = view.connected_name = None
             case QueueEvent():

@@ -2,9 +2,10 @@
 
 Every script follows the same phone-state story a wallboard expects: the caller's phone
 is Connecting (32; its `extstatus` In Use, as Asterisk says) while the other side rings
-(8), both are In Use (1) once answered, maybe On Hold (16) for a while, and Idle (0) after the hang-up; the CDR row is written
-when the call ends. An originated call (`/dial`) first rings the A phone (8) and only
-then places the call. Durations are virtual seconds (see `engine`).
+(8), both are In Use (1) once answered, maybe On Hold (16) for a while, and Idle (0)
+after the hang-up; the CDR row is written when the call ends. An originated call
+(`/dial`) first rings the A phone (8) and only then places the call. Durations are
+virtual seconds (see `engine`).
 """
 
 from __future__ import annotations
