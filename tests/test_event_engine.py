@@ -80,6 +80,18 @@ async def servers(
             await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def on_the_shared_engine(
+    tmp_path: Path, database: str, count: int, **extra: Any
+) -> AsyncIterator[tuple[str, list[LiveServer], Tenants]]:
+    """`count` servers on the shared nats-server, in a stream of the test's own."""
+    async with (
+        own_stream() as stream,
+        servers(tmp_path, database, NATS_URL, stream, count, **extra) as (live, tenants),
+    ):
+        yield stream, live, tenants
+
+
 def ws_url(server: LiveServer, tenants: Tenants, last_id: int | None = None) -> str:
     url = f"{server.ws_url}/ws/pbx_{tenants.a_name}?pbxkey={tenants.a_key}"
     return url if last_id is None else f"{url}&last_event_id={last_id}"
@@ -106,13 +118,7 @@ def test_engine_refuses_sqlite_and_other_schemes(tmp_path: Path) -> None:
 async def test_three_servers_publishing_at_once_give_every_client_one_order(
     tmp_path: Path, pg_database: str
 ) -> None:
-    async with (
-        own_stream() as stream,
-        servers(tmp_path, pg_database, NATS_URL, stream, 3) as (
-            live,
-            tenants,
-        ),
-    ):
+    async with on_the_shared_engine(tmp_path, pg_database, 3) as (_stream, live, tenants):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         per_server = 40
         expected = {f"s{i}-{n}" for i in range(3) for n in range(per_server)}
@@ -157,12 +163,10 @@ async def test_resume_on_another_server_from_engine_and_archive(
     tmp_path: Path, pg_database: str
 ) -> None:
     """The engine keeps 5 per PBX; older messages come from the database archive."""
-    async with (
-        own_stream() as stream,
-        servers(tmp_path, pg_database, NATS_URL, stream, 2, event_engine_history=5) as (
-            live,
-            tenants,
-        ),
+    async with on_the_shared_engine(tmp_path, pg_database, 2, event_engine_history=5) as (
+        _stream,
+        live,
+        tenants,
     ):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         seen: dict[int, str] = {}
@@ -185,12 +189,9 @@ async def test_resume_on_another_server_from_engine_and_archive(
 async def test_archive_is_bounded_and_an_older_resume_says_partial(
     tmp_path: Path, pg_database: str
 ) -> None:
-    async with (
-        own_stream() as stream,
-        servers(
-            tmp_path, pg_database, NATS_URL, stream, 1, event_engine_history=5, ws_history_size=10
-        ) as (live, tenants),
-    ):
+    async with on_the_shared_engine(
+        tmp_path, pg_database, 1, event_engine_history=5, ws_history_size=10
+    ) as (_stream, live, tenants):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         seen: dict[int, str] = {}
         async with connect(ws_url(live[0], tenants), proxy=None) as ws:
@@ -216,13 +217,7 @@ async def test_what_a_killed_publisher_did_not_archive_is_archived_by_the_next_f
 ) -> None:
     """A process killed between the engine's ack and its archive write leaves messages in
     the engine only; the next process to follow the PBX archives them."""
-    async with (
-        own_stream() as stream,
-        servers(tmp_path, pg_database, NATS_URL, stream, 1) as (
-            live,
-            tenants,
-        ),
-    ):
+    async with on_the_shared_engine(tmp_path, pg_database, 1) as (stream, live, tenants):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         nc = await nats.connect(NATS_URL)
         try:
@@ -243,13 +238,7 @@ async def test_what_a_killed_publisher_did_not_archive_is_archived_by_the_next_f
 async def test_a_new_client_starts_at_the_newest_id_and_health_names_the_engine(
     tmp_path: Path, pg_database: str
 ) -> None:
-    async with (
-        own_stream() as stream,
-        servers(tmp_path, pg_database, NATS_URL, stream, 1) as (
-            live,
-            tenants,
-        ),
-    ):
+    async with on_the_shared_engine(tmp_path, pg_database, 1) as (_stream, live, tenants):
         tenant = await live[0].runtime.tenants.require(tenants.a_name)
         await live[0].runtime.hub.publish(tenant, tagged("before"))
         await hub(live[0]).flush()
@@ -267,13 +256,7 @@ async def test_a_new_client_starts_at_the_newest_id_and_health_names_the_engine(
 async def test_the_channel_subscription_ends_after_the_last_local_client(
     tmp_path: Path, pg_database: str
 ) -> None:
-    async with (
-        own_stream() as stream,
-        servers(tmp_path, pg_database, NATS_URL, stream, 1) as (
-            live,
-            tenants,
-        ),
-    ):
+    async with on_the_shared_engine(tmp_path, pg_database, 1) as (_stream, live, tenants):
         async with (
             connect(ws_url(live[0], tenants), proxy=None),
             connect(ws_url(live[0], tenants), proxy=None),
