@@ -99,7 +99,7 @@ def publish_before_storing(hub: EventHub) -> None:
             hub.bus.publish_batch(channel_name(tenant.name), [message])
         return messages
 
-    async def stored_only(pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
+    def stored_only(pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
         return None
 
     hub.publish = publish_first  # type: ignore[method-assign]

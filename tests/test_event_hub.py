@@ -62,7 +62,6 @@ class ControlledStore(EventStore):
         super().__init__(engine)
         self.append_delay = 0.0
         self.append_started = asyncio.Event()
-        self.fail_pbx: set[int] = set()
         self.fail_all = False
         self.prune_gate: asyncio.Event | None = None
         self.prune_entered = asyncio.Event()
@@ -78,7 +77,7 @@ class ControlledStore(EventStore):
         self.append_started.set()
         if self.append_delay:
             await asyncio.sleep(self.append_delay)
-        if self.fail_all or any(p in self.fail_pbx for p, _ in batch):
+        if self.fail_all:
             raise OSError("database unavailable")
         await super().append(batch)
 
@@ -535,20 +534,6 @@ async def test_failed_writes_are_retried_in_order(engine, tenant) -> None:
     assert await hub.flush() is True
     assert await stored_ids(engine, tenant) == first + second
     await hub.close()
-
-
-async def test_one_failing_pbx_does_not_hold_back_another(engine, tenant) -> None:
-    other = await TenantStore(engine).create(f"Hub{next(_names)}")
-    hub, _, store = make_hub(engine, flush_interval=60, history_size=100)
-    store.fail_pbx = {tenant.id}
-    await queue_n(hub, tenant, 2)
-    ok = await queue_n(hub, other, 2)
-    assert await hub.flush() is False
-    assert await stored_ids(engine, other) == ok
-    assert await stored_ids(engine, tenant) == []
-    store.fail_pbx = set()
-    await hub.close()
-    assert await stored_ids(engine, tenant) == [1, 2]
 
 
 async def test_writes_that_keep_failing_are_dropped_after_some_attempts(engine, tenant) -> None:

@@ -1,27 +1,25 @@
 """EventHub's group commit over many PBXes, on SQLite and PostgreSQL.
 
-One flush stores every PBX's messages in one transaction (thousands of small channels
-must not mean thousands of commits a second); only when that fails is each PBX written
-alone, so that a PBX deleted meanwhile fails by itself. Each PBX's group then reaches
-the bus in one `publish_batch`, after the commit.
+One flush stores every PBX's messages in one write of the store, one row of its log
+(thousands of small channels must not mean thousands of writes a second). Each PBX's
+group then reaches the bus in one `publish_batch`, after the write. The log's merge into
+per-PBX chunks keeps each PBX's messages apart, and drops a PBX deleted meanwhile.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.api.wsframe import text_frame
 from cloudpbx.bus.memory import MemoryBus
 from cloudpbx.domain.events import ExtStatus
 from cloudpbx.domain.states import DeviceState
-from cloudpbx.ports.bus import FramedBatch
-from cloudpbx.services import events as events_module
+from cloudpbx.ports.bus import FramedBatch, WireMessage
 from cloudpbx.services.events import EventHub
 from cloudpbx.storage import migrate
 from cloudpbx.storage.database import create_engine
@@ -71,16 +69,22 @@ def record(bus: MemoryBus, tenants: list[Tenant], commits: list[int]) -> list[An
     return log
 
 
-def count_commits(engine: AsyncEngine) -> list[int]:
-    """One entry per transaction the database committed (SQLAlchemy's commit event)."""
-    commits: list[int] = []
-    sa_event.listen(engine.sync_engine, "commit", lambda _conn: commits.append(1))
-    return commits
+class CountingStore(EventStore):
+    """The real store, counting its writes (each is one transaction of its own)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.commits: list[int] = []
+
+    async def append(self, batch: Sequence[tuple[int, WireMessage]]) -> None:
+        await super().append(batch)
+        self.commits.append(len(batch))
 
 
-def make_hub(engine: AsyncEngine, bus: MemoryBus) -> EventHub:
+def make_hub(engine: AsyncEngine, bus: MemoryBus) -> tuple[EventHub, CountingStore]:
     # A long flush interval: the test decides when the group commit runs.
-    return EventHub(TenantStore(engine), EventStore(engine), bus, flush_interval=60)
+    store = CountingStore(engine)
+    return EventHub(TenantStore(engine), store, bus, flush_interval=60), store
 
 
 async def queue(hub: EventHub, tenant: Tenant, count: int) -> list[int]:
@@ -95,54 +99,38 @@ async def stored_ids(engine: AsyncEngine, tenant: Tenant) -> list[int]:
 
 
 async def test_one_flush_of_many_pbxes_is_one_transaction(engine, tenants) -> None:
-    commits = count_commits(engine)
     bus = MemoryBus(frame=text_frame)
-    delivered = record(bus, tenants, commits)
-    hub = make_hub(engine, bus)
-    ids = {t.name: await queue(hub, t, 3) for t in tenants}  # ids reserved: commits too
-    before = len(commits)
+    hub, store = make_hub(engine, bus)
+    delivered = record(bus, tenants, store.commits)
+    ids = {t.name: await queue(hub, t, 3) for t in tenants}
+    assert store.commits == []
     assert await hub.flush() is True
-    assert len(commits) == before + 1
+    assert store.commits == [3 * PBXES]
     # Each PBX's group reaches its subscriber in one batch, in id order, after the commit.
-    assert sorted(delivered) == sorted((f"pbx_{t.name}", ids[t.name], before + 1) for t in tenants)
+    assert sorted(delivered) == sorted((f"pbx_{t.name}", ids[t.name], 1) for t in tenants)
     for tenant in tenants:
         assert await stored_ids(engine, tenant) == ids[tenant.name]
     await hub.close()
 
 
-async def test_a_pbx_deleted_before_the_commit_fails_alone(engine, tenants) -> None:
-    commits = count_commits(engine)
+async def test_a_pbx_deleted_before_the_commit_holds_back_nobody(engine, tenants) -> None:
     bus = MemoryBus(frame=text_frame)
-    delivered = record(bus, tenants, commits)
-    hub = make_hub(engine, bus)
+    hub, store = make_hub(engine, bus)
+    delivered = record(bus, tenants, store.commits)
     doomed, *kept = tenants
     ids = {t.name: await queue(hub, t, 2) for t in tenants}
-    await TenantStore(engine).remove(doomed.name)  # its rows now break the shared insert
-    assert await hub.flush() is False
+    await TenantStore(engine).remove(doomed.name)
+    assert await hub.flush() is True
+    # Whoever still listens to the deleted PBX gets its last messages, as the others do.
+    assert {channel: batch for channel, batch, _ in delivered} == {
+        f"pbx_{t.name}": ids[t.name] for t in tenants
+    }
+    await store.merge()  # the deleted PBX's messages are dropped here, without an error
     for tenant in kept:
         assert await stored_ids(engine, tenant) == ids[tenant.name]
-    assert {channel: batch for channel, batch, _ in delivered} == {
-        f"pbx_{t.name}": ids[t.name] for t in kept
-    }
-    # The deleted PBX's messages are retried, never delivered, and dropped in the end.
-    for _ in range(events_module.MAX_ATTEMPTS - 1):
-        assert await hub.flush() is False
-    assert await hub.flush() is True
-    assert f"pbx_{doomed.name}" not in {channel for channel, _, _ in delivered}
-    await hub.close()
-
-
-async def test_later_flushes_share_one_transaction_again(engine, tenants) -> None:
-    commits = count_commits(engine)
-    hub = make_hub(engine, MemoryBus(frame=text_frame))
-    doomed, *kept = tenants
-    await queue(hub, doomed, 1)
-    await TenantStore(engine).remove(doomed.name)
-    for _ in range(events_module.MAX_ATTEMPTS):
-        await hub.flush()  # the deleted PBX's message is given up
+    assert await stored_ids(engine, doomed) == []
     for tenant in kept:
         await queue(hub, tenant, 2)
-    before = len(commits)
     assert await hub.flush() is True
-    assert len(commits) == before + 1
+    assert store.commits == [2 * PBXES, 2 * (PBXES - 1)]
     await hub.close()

@@ -197,6 +197,19 @@ def assert_outage_reported(outage: Outage, server: Server) -> None:
     assert "unhandled error" not in log
 
 
+async def stored_messages(conn: asyncpg.Connection, pbx_name: str) -> dict[int, str]:
+    """id → data of every message the database holds for the PBX, in whichever form:
+    the archive's rows (`event`), or the single-process hub's log and chunks."""
+    pbx_id = await conn.fetchval("SELECT id FROM pbx WHERE name = $1", pbx_name)
+    rows = await conn.fetch("SELECT id, data FROM event WHERE pbx_id = $1", pbx_id)
+    stored = {row["id"]: row["data"] for row in rows}
+    for data in await conn.fetch("SELECT data FROM event_chunk WHERE pbx_id = $1", pbx_id):
+        stored.update((i, d) for i, d in orjson.loads(data["data"]))
+    for data in await conn.fetch("SELECT data FROM event_log"):
+        stored.update((i, d) for p, i, d in orjson.loads(data["data"]) if p == pbx_id)
+    return stored
+
+
 async def assert_all_seen_are_stored(server: Server, reader: Reader) -> float:
     """Every message the client saw, byte for byte, in the database (bounded wait: the
     archive may still be catching up); the (loop) time it was complete."""
@@ -206,15 +219,9 @@ async def assert_all_seen_are_stored(server: Server, reader: Reader) -> float:
     for _ in range(200):
         conn = await asyncpg.connect(server.database)
         try:
-            rows = await conn.fetch(
-                "SELECT e.id, e.data FROM event e JOIN pbx p ON p.id = e.pbx_id "
-                "WHERE p.name = $1 AND e.id >= $2",
-                server.tenants.a_name,
-                min(seen),
-            )
+            stored = await stored_messages(conn, server.tenants.a_name)
         finally:
             await conn.close()
-        stored = {row["id"]: row["data"] for row in rows}
         if seen.keys() <= stored.keys():
             break
         await asyncio.sleep(0.1)

@@ -29,10 +29,14 @@ class MemoryBus:
         sinks = self._channels.get(channel)
         if not sinks or not messages:
             return
-        frames = [self._frame(message.data) for message in messages]
-        self.framed += len(frames)
-        self.deliveries += len(frames) * len(sinks)
-        batch = FramedBatch(messages, frames, frames[0] if len(frames) == 1 else b"".join(frames))
+        if len(messages) == 1:  # one message: with one client per PBX, every message
+            joined = self._frame(messages[0].data)
+            batch = FramedBatch(messages, (joined,), joined)
+        else:
+            frames = [self._frame(message.data) for message in messages]
+            batch = FramedBatch(messages, frames, b"".join(frames))
+        self.framed += len(messages)
+        self.deliveries += len(messages) * len(sinks)
         # A copy: a sink may unsubscribe (cut itself off) while we go round.
         for sink in tuple(sinks):
             sink.deliver(batch)

@@ -108,6 +108,7 @@ class EngineHub:
         return self._engine
 
     async def start(self) -> None:
+        await self._archive.adopt_single_process_history()
         await self._engine.start(await self._archive.id_floor())
         self._sweeper = asyncio.create_task(self._sweep(), name="engine-sweep")
 

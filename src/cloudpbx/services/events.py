@@ -17,8 +17,7 @@ whoever publishes a message has stored it first.
 
 History: the newest `history_size` messages per PBX stay in memory (loaded from the
 database at first use, once per channel even when several callers ask at once) for
-instant resume; older rows are pruned. When the shared write fails, each PBX is retried
-at once in its own transaction (so one deleted PBX fails alone); what still fails is
+instant resume; older rows are pruned. A failed write (the database unreachable) is
 retried with back-off and given up after `MAX_ATTEMPTS` (about 30 s of outage): those
 messages are never delivered (their ids are skipped). close() waits for a write in
 flight, writes what is left and gives unused ids back.
@@ -347,61 +346,39 @@ class EventHub:
     ) -> list[tuple[int, WireMessage]]:
         """Store a flush's messages, then deliver each PBX's group; returns what failed.
 
-        Every PBX of the flush shares one transaction: with thousands of small channels a
-        transaction per PBX would be thousands of commits a second. Only when the shared
-        one fails (a PBX deleted meanwhile, the database down) is each PBX retried in its
-        own transaction, so that one bad PBX fails alone.
+        Every PBX of the flush shares one transaction, one row of the store's log: with
+        thousands of small channels a transaction (or a row) per PBX would be thousands of
+        writes a second. It fails only as a whole (the database is unreachable or broken);
+        the messages of a PBX deleted meanwhile are stored and delivered to whoever still
+        listens, and dropped by the store's merge.
         """
         try:
             await self._store.append(batch)
         except Exception:
-            if len(groups) > 1:
-                log.warning(
-                    "could not persist %d WebSocket messages of %d PBXes together; "
-                    "retrying each PBX alone",
-                    len(batch),
-                    len(groups),
-                    exc_info=self._first_failure,
-                )
-                return await self._commit_each(groups)
             log.log(
                 self._failure_level,
-                "could not persist %d WebSocket messages of PBX %d (attempt %d)",
-                len(batch), *groups, self._failed_attempts + 1,
+                "could not persist %d WebSocket messages of %d PBXes (attempt %d)",
+                len(batch), len(groups), self._failed_attempts + 1,
                 exc_info=self._first_failure,
             )  # fmt: skip
             return batch
         self._flushed_since_prune += len(batch)
         for pbx_id, group in groups.items():
-            await self._deliver(pbx_id, group)
+            self._deliver(pbx_id, group)
         return []
 
-    async def _commit_each(
-        self, groups: dict[int, list[tuple[int, WireMessage]]]
-    ) -> list[tuple[int, WireMessage]]:
-        failed: list[tuple[int, WireMessage]] = []
-        for pbx_id, group in groups.items():
-            try:
-                await self._store.append(group)
-            except Exception:
-                log.log(
-                    self._failure_level,
-                    "could not persist %d WebSocket messages of PBX %d (attempt %d)",
-                    len(group), pbx_id, self._failed_attempts + 1,
-                    exc_info=self._first_failure,
-                )  # fmt: skip
-                failed.extend(group)
-            else:
-                self._flushed_since_prune += len(group)
-                await self._deliver(pbx_id, group)
-        return failed
-
-    async def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
-        """Stored messages join the history and go to the bus, in id order."""
+    def _deliver(self, pbx_id: int, stored: list[tuple[int, WireMessage]]) -> None:
+        """Stored messages join the history and go to the bus, in id order. Synchronous:
+        with one client per PBX this runs once per message (issue 11, bench `channels`)."""
         channel = self._channels[pbx_id]
-        messages = [message for _, message in stored]
         history = channel.history
-        history.extend([(m.id, m.data) for m in messages])
+        if len(stored) == 1:
+            message = stored[0][1]
+            history.append((message.id, message.data))
+            messages: list[WireMessage] = [message]
+        else:
+            messages = [message for _, message in stored]
+            history.extend([(m.id, m.data) for m in messages])
         if len(history) == self._history_size:
             self._unpruned[pbx_id] = channel
         self._bus.publish_batch(channel.name, messages)
@@ -448,6 +425,7 @@ class EventHub:
                     )
                 # Released ids are no longer ours: a late publish reserves anew.
                 channel.reserved_up_to = channel.next_id - 1
+        await self._store.close()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,8 +1,9 @@
 """The database archive of the event engine's messages (PostgreSQL; docs/operations.md).
 
 The engine keeps a short history per PBX; the archive keeps the newest `ws_history_size`
-rows per PBX in the same `event` table the single-process hub uses, so a resume older than
-the engine's history is still served, and so is a later single-process run. Archiving also
+rows per PBX in the `event` table, which the single-process hub also reads, so a resume
+older than the engine's history is still served, and so is a later single-process run.
+What a single-process run stored in its own form is taken into it at start-up. Archiving also
 raises `pbx.event_id_reserved` to the newest archived id: whatever hands out ids next (the
 engine after losing its storage, or the single-process hub) starts above it.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudpbx.ports.bus import WireMessage
-from cloudpbx.storage.tables import event, pbx
+from cloudpbx.storage.tables import event, event_chunk, event_log, pbx
 from cloudpbx.storage.tenants import utcnow
 
 
@@ -33,6 +35,35 @@ class ArchiveBounds:
 class EventArchive:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+
+    async def adopt_single_process_history(self) -> int:
+        """Take what the single-process hub stored (its log and per-PBX chunks,
+        storage/events.py) into the archive's rows, so that a resume after switching to
+        the engine finds it; returns how many messages were taken. Once, at start-up."""
+        taken = 0
+        async with self._engine.begin() as conn:
+            logged = (await conn.execute(select(event_log.c.data))).scalars().all()
+            chunks = (await conn.execute(select(event_chunk.c.pbx_id, event_chunk.c.data))).all()
+            rows = [
+                {"pbx_id": p, "id": i, "data": d}
+                for data in logged
+                for p, i, d in orjson.loads(data)
+            ]
+            rows += [
+                {"pbx_id": chunk.pbx_id, "id": i, "data": d}
+                for chunk in chunks
+                for i, d in orjson.loads(chunk.data)
+            ]
+            if rows:
+                now = utcnow()
+                known = set((await conn.execute(select(pbx.c.id))).scalars().all())
+                rows = [{**row, "created_at": now} for row in rows if row["pbx_id"] in known]
+                if rows:
+                    await conn.execute(insert(event).on_conflict_do_nothing(), rows)
+                taken = len(rows)
+            await conn.execute(delete(event_log))
+            await conn.execute(delete(event_chunk))
+        return taken
 
     async def id_floor(self) -> int:
         """The highest event id any PBX ever handed out or stored."""

@@ -175,6 +175,30 @@ event = Table(
     Column("created_at", DateTime, nullable=False),
 )
 
+# The in-process event hub's store (storage/events.py): every group commit appends one
+# `event_log` row holding all of its messages (append-only, so a commit writes a page or
+# two whatever the number of PBXes); a merge every few seconds moves the log into
+# `event_chunk`, one row per PBX per merge holding that PBX's messages in id order.
+# `event` keeps per-message rows: the event engine's archive (storage/event_archive.py)
+# and what the hub stored before chunks (still read and pruned).
+event_log = Table(
+    "event_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("data", Text, nullable=False),
+)
+
+event_chunk = Table(
+    "event_chunk",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("pbx_id", Integer, ForeignKey("pbx.id", ondelete="CASCADE"), nullable=False),
+    Column("first_id", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_event_chunk_pbx_last", "pbx_id", "last_id"),
+)
+
 # One row per recorded call that needs a transcription (docs/transcription.md): the durable
 # queue of the transcription workers. `status`: queued → running → done | failed | skipped.
 # A claim sets `claim` (a token of that attempt) and `locked_until` (the lease, extended by
