@@ -192,13 +192,15 @@ class CallStore:
             cached = self._pages.fresh(key, stamp)
             if cached is not None:
                 return cached
-        count, revision = await reader.one(self._cdr_count, params)
-        cached = self._pages.get(key, (int(count), int(revision)), stamp)
-        if cached is not None:
-            return cached
-        count, revision, body = await reader.one(self._cdr_body, params)
+        if key in self._pages:  # else the count could only tell what the page read does
+            count, revision = await reader.one(self._cdr_count, params)
+            cached = self._pages.get(key, (int(count), int(revision)), stamp)
+            if cached is not None:
+                return cached
+        count, revision, joined = await reader.one(self._cdr_body, params)
         fingerprint = (int(count), int(revision))
-        page = JsonPage(bytes(body), fingerprint[0], cap, _page_tag(key, fingerprint))
+        body = b"[" + (joined or b"") + b"]"
+        page = JsonPage(body, fingerprint[0], cap, _page_tag(key, fingerprint))
         self._pages.put(key, fingerprint, page, stamp)
         return page
 
@@ -236,19 +238,26 @@ class CallStore:
         # json_rows.json_array_of on SQLite; tests/test_storage_calls.py checks order and
         # ties on both engines). An ORDER BY inside string_agg would sort the 3 MB of
         # rendered rows a second time.
+        #
+        # The shape is PostgreSQL's cheapest (docs/benchmarks.md, "Uncached /cdr on
+        # PostgreSQL"): the aggregate at the top level with the fingerprint as scalar
+        # subqueries (the page as a scalar subquery beside a derived table cost ~3 ms of
+        # server CPU more per 10,000 rows), and the rows joined with nothing around them:
+        # `'[' || agg || ']'` copied the 3 MB twice more, so the brackets are added in
+        # Python (`_cdr_page`; NULL when no row matched). Bytes straight from the driver:
+        # no 3 MB decode to str and encode back.
+        joined: Any
         if self._dialect == "postgresql":
-            joined = func.string_agg(rows.c.rendered, literal(","))
+            joined = func.convert_to(
+                func.string_agg(rows.c.rendered, literal(",")), literal("UTF8"), type_=LargeBinary
+            )
         else:
-            joined = func.group_concat(rows.c.rendered, ",")
-        array: Any = literal("[") + func.coalesce(joined, "") + literal("]")
-        # As bytes straight from the driver: no 3 MB decode to str and encode back.
-        if self._dialect == "postgresql":
-            array = func.convert_to(array, literal("UTF8"), type_=LargeBinary)
-        else:
-            array = cast(array, LargeBinary)
-        fp = fingerprint.subquery("fp")
-        page = select(array).select_from(rows).scalar_subquery()
-        return PageQuery(select(fp.c.total, fp.c.revision, page.label("page")), fingerprint)
+            joined = cast(func.group_concat(rows.c.rendered, ","), LargeBinary)
+        total = select(func.count()).select_from(cdr).where(*where).scalar_subquery()
+        page = select(
+            total.label("total"), revision.scalar_subquery().label("revision"), joined
+        ).select_from(rows)
+        return PageQuery(page, fingerprint)
 
     async def find_cdr(self, tenant: Tenant, uniqueid: str) -> dict[str, object] | None:
         query = select(cdr).where(cdr.c.pbx_id == tenant.id, cdr.c.uniqueid == uniqueid).limit(1)

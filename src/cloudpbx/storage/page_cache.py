@@ -50,6 +50,9 @@ class PageCache:
         self._bytes = 0
         self._pages: OrderedDict[Hashable, _Entry] = OrderedDict()
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._pages
+
     def fresh(self, key: Hashable, stamp: Stamp) -> JsonPage | None:
         """The page of `key` if nothing was stored since it was last checked (SQLite)."""
         entry = self._pages.get(key)
