@@ -239,13 +239,13 @@ class CallStore:
         # ties on both engines). An ORDER BY inside string_agg would sort the 3 MB of
         # rendered rows a second time.
         #
-        # The shape is PostgreSQL's cheapest (docs/benchmarks.md, "Uncached /cdr on
-        # PostgreSQL"): the aggregate at the top level with the fingerprint as scalar
-        # subqueries (the page as a scalar subquery beside a derived table cost ~3 ms of
-        # server CPU more per 10,000 rows), and the rows joined with nothing around them:
-        # `'[' || agg || ']'` copied the 3 MB twice more, so the brackets are added in
-        # Python (`_cdr_page`; NULL when no row matched). Bytes straight from the driver:
-        # no 3 MB decode to str and encode back.
+        # The shape is the cheapest measured on PostgreSQL (docs/benchmarks.md, "Small
+        # lists cached per revision; uncached /cdr on PostgreSQL"): the aggregate at the
+        # top level, the fingerprint as scalar subqueries, and nothing concatenated around
+        # the 3 MB (`'[' || agg || ']'` copies it twice more); 10 ms of server CPU per
+        # 10,000 rows against 13 ms. The brackets are added in Python (`_cdr_page`; NULL
+        # when no row matched). Bytes straight from the driver: no 3 MB decode to str and
+        # encode back.
         joined: Any
         if self._dialect == "postgresql":
             joined = func.convert_to(
