@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from cloudpbx.domain.dates import date_range
+from cloudpbx.domain.records import RecordingInfo, TranscriptionRecord
 from tests.live import LiveServer
 from tests.test_api_rest import (
     Pbxes,
@@ -27,6 +28,7 @@ from tests.test_api_rest import (
     new_pbxes,
     today_warsaw,
 )
+from tests.test_storage_support import open_stores
 
 LISTS = ("/cdr", "/record", "/transcription")
 
@@ -227,3 +229,50 @@ async def test_head_sends_no_body_on_the_wire(pbxes: Pbxes) -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"content-length: " in head.lower() and body == b""
+
+
+async def test_rows_from_another_connection_change_the_small_lists_and_their_etags(
+    pbxes: Pbxes,
+) -> None:
+    """/record and /transcription pages are cached per PBX revision (storage/revisions.py):
+    a recording added and a transcription re-run (a row changed in place) through another
+    engine, as another process would, change both answers and their tags at once."""
+    server, tenants = pbxes
+    days = await seeded(pbxes)
+    params = {"datestart": days["today"]}
+    paths = ("/record", "/transcription")
+
+    async def answers(**headers: str) -> dict[str, httpx.Response]:
+        async with plain_client(server, tenants.a_key) as client:
+            return {path: await client.get(path, params=params, headers=headers) for path in paths}
+
+    before = await answers()
+    for path, response in (await answers()).items():  # served again, from the cache
+        assert response.content == before[path].content
+        assert response.headers["etag"] == before[path].headers["etag"]
+    async with open_stores(server.runtime.settings.effective_database_url) as other:
+        tenant = await other.tenants.require(tenants.a_name)
+        moment = local(today_warsaw(), 0, 20)
+        await other.calls.add_recording(
+            tenant, RecordingInfo("rec.2", moment, "101", "105", "wav", "rec.2.wav", 10)
+        )
+        rerun = TranscriptionRecord("rec.1", local(today_warsaw(), 0, 5), "999", "105", "t", "s")
+        await other.calls.add_transcription(tenant, rerun)
+    for path in paths:
+        old_tag = before[path].headers["etag"]
+        async with plain_client(server, tenants.a_key) as client:
+            plain = await client.get(path, params=params, headers={"If-None-Match": old_tag})
+            same = await client.get(
+                path, params=params, headers={"If-None-Match": plain.headers["etag"]}
+            )
+        async with http(server, tenants.a_key) as client:
+            zipped = await client.get(path, params=params)
+        assert plain.status_code == 200 and plain.headers["etag"] != old_tag, path
+        assert same.status_code == 304 and same.content == b""
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+        assert orjson.loads(zipped.content) == orjson.loads(plain.content)
+    async with plain_client(server, tenants.a_key) as client:
+        listed = {path: (await client.get(path, params=params)).json() for path in paths}
+    assert [row["uniqueid"] for row in listed["/record"]] == ["rec.1", "rec.2"]
+    assert [(row["uniqueid"], row["src"]) for row in listed["/transcription"]] == [("rec.1", "999")]

@@ -28,7 +28,7 @@ from cloudpbx.storage.migrate import alembic_config, downgrade, schema_differenc
 from cloudpbx.storage.tables import cdr, metadata
 from cloudpbx.storage.tenants import Tenant
 
-HEAD = "0006_event_log"
+HEAD = "0007_event_log"
 
 
 @pytest.fixture

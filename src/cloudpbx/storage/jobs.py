@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cloudpbx.storage import revisions
 from cloudpbx.storage.tables import pbx, recording, transcription, transcription_job
 from cloudpbx.storage.tenants import utcnow
 
@@ -319,6 +320,7 @@ class JobStore:
             else:
                 statement = statement.on_conflict_do_nothing(index_elements=["pbx_id", "uniqueid"])
             if (await conn.execute(statement)).rowcount == 1:
+                await revisions.bump(conn, "transcription", claimed.pbx_id)
                 return DONE
             await conn.execute(
                 update(job)

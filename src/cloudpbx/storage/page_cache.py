@@ -1,4 +1,7 @@
-"""A small memory cache of rendered `/cdr` pages, checked against the database every time.
+"""A small memory cache of rendered list pages, checked against the database every time.
+
+`/record` and `/transcription` pages are checked by their PBX's revision of the list, one
+primary-key read (storage/revisions.py). What follows is about `/cdr`.
 
 CDR rows are only ever added (a PBX's removal deletes all of its rows at once, and its id
 is never reused), except an SMS row's cost, which arrives later and bumps the PBX's
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 
 from cloudpbx.storage.json_rows import JsonPage
 
-Fingerprint = tuple[int, int]
-"""(count of the range's rows, the PBX's cdr_revision) when a page was rendered."""
+Fingerprint = tuple[int, ...]
+"""What a page's rows were rendered under: for /cdr (count of the range's rows, the
+PBX's cdr_revision); for the other lists (the PBX's revision of that list,)."""
 Stamp = tuple[int, int]
 """(largest CDR id of the table, the PBX's cdr_revision), read before the fingerprint."""
 
@@ -45,6 +49,9 @@ class PageCache:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._pages: OrderedDict[Hashable, _Entry] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._pages
 
     def fresh(self, key: Hashable, stamp: Stamp) -> JsonPage | None:
         """The page of `key` if nothing was stored since it was last checked (SQLite)."""

@@ -48,6 +48,11 @@ pbx = Table(
     # Bumped whenever a stored CDR row changes (an SMS's cost arriving later): CDR rows are
     # otherwise only added, and the /cdr page cache and ETags rely on both (page_cache.py).
     Column("cdr_revision", BigInteger, nullable=False, server_default="0"),
+    # Bumped in the same transaction as every write to the PBX's recording or
+    # transcription rows (storage/revisions.py): the /record and /transcription page cache
+    # and ETags check them, one primary-key read, whichever process wrote (migration 0006).
+    Column("recording_revision", BigInteger, nullable=False, server_default="0"),
+    Column("transcription_revision", BigInteger, nullable=False, server_default="0"),
     Column("created_at", DateTime, nullable=False),
     sqlite_autoincrement=True,
 )

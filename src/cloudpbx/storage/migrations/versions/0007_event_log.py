@@ -1,7 +1,7 @@
 """event_log, event_chunk: the event hub's append-only log and its per-PBX chunks
 
-Revision ID: 0006_event_log
-Revises: 0005_leases
+Revision ID: 0007_event_log
+Revises: 0006_list_revisions
 Create Date: 2026-12-05 20:40:00
 
 The hub's messages stored before this revision stay in `event`, which the hub still reads
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_event_log"
-down_revision: str | None = "0005_leases"
+revision: str = "0007_event_log"
+down_revision: str | None = "0006_list_revisions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
