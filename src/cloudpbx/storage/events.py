@@ -33,7 +33,6 @@ from sqlalchemy import (
     BigInteger,
     bindparam,
     delete,
-    func,
     insert,
     select,
     update,
@@ -49,9 +48,11 @@ from cloudpbx.storage.tables import event, event_chunk, event_log, pbx
 
 log = logging.getLogger(__name__)
 
-MERGE_LOG_ROWS = 400
-"""Log rows (group commits, 200 a second when busy) merged per transaction: on SQLite the
-hub's commits wait for it (one writer at a time), so a pass is kept to about 2 s of log."""
+MERGE_LOG_ROWS = 2_000
+"""Most log rows (group commits, up to 200 a second) merged in one transaction."""
+MERGE_PASS_SECONDS = 0.02
+"""SQLite: the longest a merge pass should hold the write lock, for which the hub's group
+commits wait (one writer at a time): the rows per pass follow what the last pass took."""
 
 
 class _Statement:
@@ -93,13 +94,18 @@ _MERGE_SQL = {
 }
 
 
+_PASS_END_SQL = {
+    # The last log row of a pass of at most `limit` rows (NULL when the log is empty).
+    "sqlite": "SELECT max(seq) FROM (SELECT seq FROM event_log ORDER BY seq LIMIT ?)",
+    "postgresql": (
+        "SELECT max(seq) FROM (SELECT seq FROM event_log ORDER BY seq LIMIT $1) AS pass"
+    ),
+}
+
+
 def _statements(dialect: Dialect) -> dict[str, _Statement]:
-    last_of_pass = (
-        select(event_log.c.seq).order_by(event_log.c.seq).limit(MERGE_LOG_ROWS).subquery()
-    )
     return {
         "append": _Statement(insert(event_log).values(data=bindparam("data")), dialect),
-        "upto": _Statement(select(func.max(last_of_pass.c.seq)), dialect),
         "forget": _Statement(
             delete(event_log).where(event_log.c.seq <= bindparam("upto", type_=BigInteger)),
             dialect,
@@ -120,6 +126,7 @@ class EventStore:
         self._merged_at = time.monotonic()
         self._merge_lock = asyncio.Lock()
         self._merging: asyncio.Task[None] | None = None
+        self._pass_rows = MERGE_LOG_ROWS
 
     async def append(self, batch: Sequence[tuple[int, WireMessage]]) -> None:
         """Store (pbx_id, message) pairs in one transaction: one log row."""
@@ -139,7 +146,7 @@ class EventStore:
         )
 
     async def merge(self) -> None:
-        """Move the whole log into chunks, `MERGE_LOG_ROWS` log rows per transaction."""
+        """Move the whole log into chunks, in passes of one transaction each."""
         async with self._merge_lock:
             self._since_merge = 0
             self._merged_at = time.monotonic()
@@ -147,20 +154,25 @@ class EventStore:
                 pass
 
     async def _merge_pass(self) -> bool:
-        """One transaction: up to `MERGE_LOG_ROWS` log rows become chunks and go; True
-        when there may be more."""
-        upto, forget = self._sql["upto"], self._sql["forget"]
-        merge = _MERGE_SQL[self._engine.dialect.name]
+        """One transaction: up to `_pass_rows` log rows become chunks and go; True when
+        there may be more. On SQLite the pass size follows the time the last one held
+        the write lock (`MERGE_PASS_SECONDS`): the fewer rows a pass takes, the fewer
+        messages per chunk, so it takes as many as that budget allows."""
+        dialect = self._engine.dialect.name
+        end, merge, forget = _PASS_END_SQL[dialect], _MERGE_SQL[dialect], self._sql["forget"]
+        rows = self._pass_rows
         if self._writer is not None:
-            work = partial(_sqlite_merge_pass, upto.sql, upto.values({}), merge, forget.sql)
-            return await self._writer.run(work)
+            work = partial(_sqlite_merge_pass, end, merge, forget.sql, rows)
+            moved, seconds = await self._writer.run(work)
+            self._pass_rows = _next_pass_rows(rows, moved, seconds)
+            return moved >= rows
         async with self._engine.begin() as conn:
-            last = (await conn.exec_driver_sql(upto.sql, upto.values({}))).scalar()
+            last = (await conn.exec_driver_sql(end, (rows,))).scalar()
             if last is None:
                 return False
             await conn.exec_driver_sql(merge, (last,))
-            moved = await conn.exec_driver_sql(forget.sql, forget.values({"upto": last}))
-        return int(moved.rowcount or 0) >= MERGE_LOG_ROWS
+            forgotten = await conn.exec_driver_sql(forget.sql, forget.values({"upto": last}))
+        return int(forgotten.rowcount or 0) >= rows
 
     async def _write(self, name: str, params: Mapping[str, object]) -> None:
         """Statement `name` with `params`, in one transaction."""
@@ -249,13 +261,30 @@ def _sqlite_write(sql: str, values: tuple[object, ...], conn: sqlite3.Connection
 
 
 def _sqlite_merge_pass(
-    upto: str, upto_values: tuple[object, ...], merge: str, forget: str, conn: sqlite3.Connection
-) -> bool:
-    def work(conn: sqlite3.Connection) -> bool:
-        last = conn.execute(upto, upto_values).fetchone()[0]
-        if last is None:
-            return False
-        conn.execute(merge, (last,))
-        return conn.execute(forget, (last,)).rowcount >= MERGE_LOG_ROWS
+    end: str, merge: str, forget: str, rows: int, conn: sqlite3.Connection
+) -> tuple[int, float]:
+    """A merge pass in one transaction: (log rows merged, seconds it held the lock)."""
+    started = time.perf_counter()
 
-    return in_transaction(conn, work)
+    def work(conn: sqlite3.Connection) -> int:
+        last = conn.execute(end, (rows,)).fetchone()[0]
+        if last is None:
+            return 0
+        conn.execute(merge, (last,))
+        return int(conn.execute(forget, (last,)).rowcount)
+
+    moved = in_transaction(conn, work)
+    return moved, time.perf_counter() - started
+
+
+def _next_pass_rows(rows: int, moved: int, seconds: float) -> int:
+    """The next pass's size: fewer rows after a pass over `MERGE_PASS_SECONDS`, more
+    (at most twice as many, and `MERGE_LOG_ROWS`) after a full pass well within it."""
+    if moved == 0 or seconds <= 0:
+        return rows
+    fitting = int(moved * MERGE_PASS_SECONDS / seconds)
+    if seconds > MERGE_PASS_SECONDS:
+        return max(10, min(rows, fitting))
+    if moved >= rows:
+        return min(MERGE_LOG_ROWS, rows * 2, max(rows, fitting))
+    return rows
