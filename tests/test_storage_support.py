@@ -107,7 +107,12 @@ async def dump_rows(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
     return dump
 
 
-TABLES_OF_NO_PBX = frozenset({"lease"})  # a lease names an Asterisk server, not a tenant
+TABLES_OF_NO_PBX = frozenset(
+    {
+        "lease",  # names an Asterisk server, not a tenant
+        "event_log",  # a row holds many PBXes' messages; merged into event_chunk (per PBX)
+    }
+)
 
 
 async def rows_of_pbx(

@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from cloudpbx.domain.errors import BadRequest, Conflict, NotFound
 from cloudpbx.domain.records import RecordingInfo, SmsMessage, TranscriptionRecord
 from cloudpbx.domain.states import SmsStatus
 from cloudpbx.ports.bus import WireMessage
 from cloudpbx.storage.jobs import JobStore
-from cloudpbx.storage.tables import api_key
-from cloudpbx.storage.tenants import KEY_PREFIX, TenantStore
+from cloudpbx.storage.tables import api_key, event
+from cloudpbx.storage.tenants import KEY_PREFIX, TenantStore, utcnow
 from tests.test_storage_support import (
     Stores,
     at,
@@ -153,6 +153,11 @@ async def test_remove_cascades_to_everything_the_pbx_owns(stores: Stores) -> Non
         )
         await stores.sms.apply_status(tenant, f"{tenant.id}000", SmsStatus.SENT)
         await stores.events.append([(tenant.id, WireMessage(1, '{"id":1}'))])
+        await stores.events.merge()  # the log's rows are nobody's: its chunks are the PBX's
+        async with stores.engine.begin() as conn:  # a row as the archive (or older hubs) wrote
+            await conn.execute(
+                insert(event).values(pbx_id=tenant.id, id=2, data='{"id":2}', created_at=utcnow())
+            )
         await JobStore(stores.engine).enqueue(tenant.id, "1.1")
     doomed_key = await stores.tenants.create_key(doomed.name, "second")
 
