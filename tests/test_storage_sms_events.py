@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from cloudpbx.domain.records import SmsMessage
 from cloudpbx.domain.states import SmsStatus
 from cloudpbx.ports.bus import WireMessage
+from cloudpbx.storage.events import EventStore
 from cloudpbx.storage.sms import StatusChange
 from cloudpbx.storage.tenants import Tenant, utcnow
 from tests.test_storage_support import Stores, at, open_stores
@@ -198,3 +199,32 @@ async def test_a_message_logged_twice_is_read_once(stores: Stores) -> None:
     await stores.events.append([(a.id, wire(a, 2)), (a.id, wire(a, 3))])
     assert await stores.events.latest(a.id, 10) == [wire(a, 1), wire(a, 2), wire(a, 3)]
     assert await stores.events.latest(a.id, 2) == [wire(a, 2), wire(a, 3)]
+
+
+class FailingMerges(EventStore):
+    """The real store whose merges fail while `broken` (the database refusing them)."""
+
+    def __init__(self, stores: Stores) -> None:
+        super().__init__(stores.engine, merge_every=2)
+        self.broken = True
+
+    async def merge(self) -> None:
+        if self.broken:
+            raise OSError("database unavailable")
+        await super().merge()
+
+
+async def test_a_failing_background_merge_is_logged_and_done_later(
+    stores: Stores, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await stores.tenant("A")
+    store = FailingMerges(stores)
+    await store.append([(a.id, wire(a, 1)), (a.id, wire(a, 2))])  # due: a merge starts
+    for _ in range(200):
+        if "could not merge the WebSocket history log (retried later)" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "could not merge the WebSocket history log (retried later)" in caplog.text
+    store.broken = False
+    assert await store.latest(a.id, 10) == [wire(a, 1), wire(a, 2)]  # merged now
+    await store.close()

@@ -136,7 +136,7 @@ class EventStore:
         await self._write("append", {"data": data})
         self._since_merge += len(batch)
         if self._merge_due():
-            self._merging = asyncio.create_task(self.merge(), name="event-merge")
+            self._merging = asyncio.create_task(self._merge_logged(), name="event-merge")
 
     def _merge_due(self) -> bool:
         if self._merging is not None and not self._merging.done():
@@ -144,6 +144,14 @@ class EventStore:
         return self._since_merge >= self._merge_every or (
             time.monotonic() - self._merged_at >= self._merge_interval
         )
+
+    async def _merge_logged(self) -> None:
+        """A merge in the background: a failure is logged, and the next one (when due,
+        or before a read) starts over from what is still in the log."""
+        try:
+            await self.merge()
+        except Exception as exc:
+            log.warning("could not merge the WebSocket history log (retried later): %r", exc)
 
     async def merge(self) -> None:
         """Move the whole log into chunks, in passes of one transaction each."""
