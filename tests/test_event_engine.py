@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from cloudpbx.bus.jetstream import EngineUnavailable, JetStreamEngine
 from cloudpbx.domain.events import SmsSendResponse
@@ -393,3 +396,62 @@ async def test_an_unreachable_engine_stops_the_start_with_a_clear_message() -> N
         await engine.start(0)
     assert "hunter2secret" not in str(info.value)
     await engine.close()
+
+
+async def refused_upgrade(url: str) -> Response:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, proxy=None, open_timeout=10)
+    return refused.value.response
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function StreamWriter.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.parametrize("outage", ["stopped", "stalled"])
+async def test_an_upgrade_while_the_engine_does_not_answer_gets_503_then_connects(
+    tmp_path: Path, pg_database: str, caplog: pytest.LogCaptureFixture, outage: str
+) -> None:
+    """Killed or SIGSTOPped engine at the time of the upgrade: 503 with `Retry-After` and
+    the JSON error, one log line per attempt; once the engine is back, the same client
+    connects."""
+    caplog.set_level(logging.WARNING)
+    async with (
+        private_nats(tmp_path / "nats") as engine,
+        servers(tmp_path, pg_database, engine.url, "EVENTS", 1, event_engine_timeout=0.5) as (
+            live,
+            tenants,
+        ),
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        if outage == "stopped":
+            engine.kill()
+        else:
+            engine.pause()
+        caplog.clear()
+        for url in (ws_url(live[0], tenants), ws_url(live[0], tenants, 0)):
+            response = await refused_upgrade(url)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert orjson.loads(response.body) == {
+                "error": "event engine unavailable; retry shortly",
+                "code": "engine_unavailable",
+            }
+        refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 2
+        assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        if outage == "stopped":
+            await engine.start()
+        else:
+            engine.resume()
+        seen: dict[int, str] = {}
+        for _ in range(100):  # until the server's link is back (reconnect, pings)
+            with contextlib.suppress(InvalidStatus):
+                async with connect(ws_url(live[0], tenants), proxy=None) as ws:
+                    await live[0].runtime.hub.publish(tenant, tagged("back"))
+                    await asyncio.wait_for(read_until(ws, lambda: len(seen) == 1, seen), 10)
+                    break
+            await asyncio.sleep(0.1)
+        assert tags(seen) == ["back"]
+    gc.collect()

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from cloudpbx.ports.engine import EngineMessage, EngineRange, Outgoing
+from cloudpbx.ports.engine import EngineMessage, EngineNotAnswering, EngineRange, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,30 @@ START_PATIENCE = 5
 """How many `timeout`s the first connection may take before the server gives up."""
 
 
+NOT_ANSWERING: tuple[type[Exception], ...] = (
+    asyncio.TimeoutError,  # nats.errors.TimeoutError too
+    ConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""What a stopped, stalled or reconnecting engine (or link) raises: `EngineNotAnswering`."""
+
+
 class EngineUnavailable(RuntimeError):
     """The engine cannot be reached or has no JetStream: the server does not start."""
+
+
+@contextlib.contextmanager
+def _answering(what: str) -> Iterator[None]:
+    try:
+        yield
+    except NOT_ANSWERING as exc:
+        raise EngineNotAnswering(f"event engine did not answer ({what}): {exc!r}") from None
 
 
 class JetStreamFollower:
@@ -242,18 +266,24 @@ class JetStreamEngine:
         return ids + [None] * (len(batch) - len(ids))
 
     async def newest(self) -> int:
-        info = await self.js.stream_info(self._stream)
+        with _answering("stream info"):
+            info = await self.js.stream_info(self._stream)
         return int(info.state.last_seq)
 
     async def newest_of(self, pbx_id: int) -> int:
         try:
-            last = await self.js.get_last_msg(self._stream, self.subject(pbx_id))
+            with _answering("last message"):
+                last = await self.js.get_last_msg(self._stream, self.subject(pbx_id))
         except NotFoundError:
             return 0
         return int(last.seq or 0)
 
     async def read_after(self, pbx_id: int, after_id: int) -> EngineRange:
         """Reads up to the PBX's newest id as of the call, through a short-lived consumer."""
+        with _answering("history"):
+            return await self._read_after(pbx_id, after_id)
+
+    async def _read_after(self, pbx_id: int, after_id: int) -> EngineRange:
         newest = await self.newest_of(pbx_id)
         if newest <= after_id:
             return EngineRange([], newest)
@@ -281,7 +311,8 @@ class JetStreamEngine:
         self, pbx_id: int, after_id: int, deliver: Callable[[list[EngineMessage]], None]
     ) -> JetStreamFollower:
         follower = JetStreamFollower(self, pbx_id, after_id, deliver)
-        await follower.subscribe()
+        with _answering("subscribe"):
+            await follower.subscribe()
         self._followers.add(follower)
         return follower
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class EngineNotAnswering(Exception):
+    """The engine did not answer a read in time (stopped, stalled, reconnecting): a
+    passing state, for which a client is told to retry, never a bug of ours."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineMessage:
     id: int
@@ -47,6 +52,9 @@ class Follower(Protocol):
 
 
 class EventEngine(Protocol):
+    """`newest`, `newest_of`, `read_after` and `follow` raise `EngineNotAnswering` when
+    the engine does not answer in time."""
+
     async def start(self, id_floor: int) -> None:
         """Connect, and make sure new ids are above `id_floor` (ids the database holds)."""
         ...
