@@ -23,7 +23,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
 
 from cloudpbx.bus.jetstream import EngineUnavailable, JetStreamEngine
@@ -37,6 +37,7 @@ from tests.engine_support import (
     NATS_URL,
     PrivateNats,
     free_port,
+    outage_pipe,
     own_stream,
     private_nats,
     read_until,
@@ -61,8 +62,9 @@ def tags(seen: dict[int, str]) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def servers(
-    tmp_path: Path, database: str, url: str, stream: str, count: int, **extra: Any
+    tmp_path: Path, database: str, url: str | list[str], stream: str, count: int, **extra: Any
 ) -> AsyncIterator[tuple[list[LiveServer], Tenants]]:
+    """`count` servers on the engine at `url` (or each at its own: a list)."""
     tenants = fresh_tenants()
     started: list[LiveServer] = []
     try:
@@ -71,7 +73,7 @@ async def servers(
                 tmp_path / f"s{index}",
                 database,
                 sms_gateway="none",
-                event_engine_url=url,
+                event_engine_url=url if isinstance(url, str) else url[index],
                 event_engine_stream=stream,
                 **extra,
             )
@@ -455,3 +457,91 @@ async def test_an_upgrade_while_the_engine_does_not_answer_gets_503_then_connect
             await asyncio.sleep(0.1)
         assert tags(seen) == ["back"]
     gc.collect()
+
+
+@contextlib.asynccontextmanager
+async def one_server_cut_off(
+    tmp_path: Path, database: str, **extra: Any
+) -> AsyncIterator[tuple[list[LiveServer], Tenants, Callable[[], None], Callable[[], None]]]:
+    """Two servers on a private engine, the second through a pipe that can be cut: its
+    follower stops while the first publishes, and resumes when the pipe is restored."""
+    async with (
+        private_nats(tmp_path / "nats") as engine,
+        outage_pipe(engine.port) as pipe,
+        servers(
+            tmp_path, database, [engine.url, pipe.url], "EVENTS", 2,
+            event_engine_timeout=0.5, **extra,
+        ) as (live, tenants),
+    ):  # fmt: skip
+        yield live, tenants, pipe.cut, pipe.restore
+
+
+async def publish_while_cut_off(
+    live: list[LiveServer], tenants: Tenants, cut: Callable[[], None], count: int
+) -> None:
+    """Cut the second server off; the first publishes `count` events, archived."""
+    tenant = await live[0].runtime.tenants.require(tenants.a_name)
+    cut()
+    for n in range(count):
+        await live[0].runtime.hub.publish(tenant, tagged(f"cut{n}"))
+        await hub(live[0]).flush()
+
+
+async def test_a_follower_behind_the_engines_history_gets_the_gap_from_the_archive(
+    tmp_path: Path, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine keeps 5 per PBX; the second server's follower misses 20 (its link is
+    cut), then resumes: its client gets every one, in order, from the archive first."""
+    caplog.set_level(logging.INFO, "cloudpbx.services.engine_hub")
+    async with one_server_cut_off(tmp_path, pg_database, event_engine_history=5) as (
+        live,
+        tenants,
+        cut,
+        restore,
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        seen: dict[int, str] = {}
+        async with connect(ws_url(live[1], tenants), proxy=None) as ws:
+            for n in range(3):
+                await live[0].runtime.hub.publish(tenant, tagged(f"before{n}"))
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 3, seen), 10)
+            await publish_while_cut_off(live, tenants, cut, 20)
+            restore()
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 23, seen), 20)
+            await live[0].runtime.hub.publish(tenant, tagged("after"))
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 24, seen), 10)
+        assert "15 messages after id" in caplog.text  # the 5 newest: from the engine
+        # read_until asserts increasing ids, each once
+        expected = [f"before{n}" for n in range(3)] + [f"cut{n}" for n in range(20)] + ["after"]
+        assert tags(seen) == expected
+
+
+async def test_a_gap_the_archive_no_longer_holds_closes_the_clients_with_their_resume_id(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """The archive keeps 10 per PBX and the engine 5; 30 are missed: the client is closed
+    with 4008 naming the last id it got, and its resume from there says partial."""
+    async with one_server_cut_off(
+        tmp_path, pg_database, event_engine_history=5, ws_history_size=10
+    ) as (live, tenants, cut, restore):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        seen: dict[int, str] = {}
+        async with connect(ws_url(live[1], tenants), proxy=None) as ws:
+            await live[0].runtime.hub.publish(tenant, tagged("before"))
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 1, seen), 10)
+            await publish_while_cut_off(live, tenants, cut, 30)
+            restore()
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(read_until(ws, lambda: False, seen), 20)
+        assert tags(seen) == ["before"]  # nothing of the gap's far side slipped through
+        [last_id] = seen
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4008
+        assert closed.value.rcvd.reason.endswith(f"resume with last_event_id={last_id}")
+        async with connect(ws_url(live[1], tenants, last_id), proxy=None) as ws:
+            assert ws.response is not None
+            assert ws.response.headers["x-resume"] == "partial"
+            replayed: dict[int, str] = {}
+            await asyncio.wait_for(read_until(ws, lambda: "cut29" in tags(replayed), replayed), 10)
+        assert 10 <= len(replayed) < 30
+        assert tags(replayed)[-1] == "cut29"

@@ -9,7 +9,10 @@ resume lossless and duplicate-free.
 
 A client whose unread data passes the write limit is closed with code 4008 and a reason
 naming the last id it was sent; it reconnects with `last_event_id` and loses nothing that
-is still in the history. A `last_event_id` beyond the newest id is taken as the newest.
+is still in the history. So is a client whose process missed messages of its PBX that
+neither the event engine nor the archive still holds (services/engine_hub.py). While the
+event engine (or, for a resume, the database) does not answer, the upgrade gets 503 with
+`Retry-After`. A `last_event_id` beyond the newest id is taken as the newest.
 When the server stops, clients are closed with 1012; a client that leaves a keep-alive
 ping unanswered is closed with 1011 (api/keepalive.py). Every close the server initiates
 names the id to resume from.
