@@ -117,3 +117,59 @@ async def read_until(ws: ClientConnection, done: object, seen: dict[int, str]) -
         assert message_id not in seen, f"id {message_id} delivered twice"
         assert not seen or message_id > next(reversed(seen)), f"id {message_id} out of order"
         seen[message_id] = raw
+
+
+class OutagePipe:
+    """A TCP relay to the engine for one process: `cut` closes its connections and
+    refuses new ones (a network outage of that process alone) until `restore`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.down = False
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"nats://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.down:
+                raise ConnectionRefusedError("the pipe is cut")
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(self._relay(reader, up_writer), self._relay(up_reader, writer))
+        finally:
+            self.writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        self.down = True
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self.down = False
+
+
+@contextlib.asynccontextmanager
+async def outage_pipe(target_port: int) -> AsyncIterator[OutagePipe]:
+    pipe = OutagePipe(target_port)
+    pipe.server = await asyncio.start_server(pipe._accept, "127.0.0.1", 0)
+    try:
+        yield pipe
+    finally:
+        pipe.cut()
+        pipe.server.close()

@@ -9,12 +9,16 @@ class RecordingSink:
     def __init__(self) -> None:
         self.batches: list[FramedBatch] = []
         self.closed = False
+        self.missed_count = 0
 
     def deliver(self, batch: FramedBatch) -> None:
         self.batches.append(batch)
 
     def bus_closed(self) -> None:
         self.closed = True
+
+    def missed(self) -> None:
+        self.missed_count += 1
 
     def drain(self) -> list[WireMessage]:
         """Every message delivered since the last drain, in order."""

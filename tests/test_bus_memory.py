@@ -86,3 +86,13 @@ async def test_bus_close_tells_every_sink_and_forgets_them() -> None:
     assert bus.channels() == frozenset()
     bus.publish_batch("pbx_A", [msg(1)])
     assert sinks[0].batches == []
+
+
+def test_cut_off_tells_every_subscriber_of_that_channel_only() -> None:
+    bus = MemoryBus(frame=text_frame)
+    mine = [record(bus, "pbx_A") for _ in range(3)]
+    other = record(bus, "pbx_B")
+    bus.cut_off("pbx_A")
+    bus.cut_off("pbx_C")  # nobody there: nothing to tell
+    assert [sink.missed_count for sink in mine] == [1, 1, 1]
+    assert other.missed_count == 0

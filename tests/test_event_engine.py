@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
 from cloudpbx.bus.jetstream import EngineUnavailable, JetStreamEngine
 from cloudpbx.domain.events import SmsSendResponse
@@ -34,6 +38,7 @@ from tests.engine_support import (
     NATS_URL,
     PrivateNats,
     free_port,
+    outage_pipe,
     own_stream,
     private_nats,
     read_until,
@@ -58,8 +63,9 @@ def tags(seen: dict[int, str]) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def servers(
-    tmp_path: Path, database: str, url: str, stream: str, count: int, **extra: Any
+    tmp_path: Path, database: str, url: str | list[str], stream: str, count: int, **extra: Any
 ) -> AsyncIterator[tuple[list[LiveServer], Tenants]]:
+    """`count` servers on the engine at `url` (or each at its own: a list)."""
     tenants = fresh_tenants()
     started: list[LiveServer] = []
     try:
@@ -68,7 +74,7 @@ async def servers(
                 tmp_path / f"s{index}",
                 database,
                 sms_gateway="none",
-                event_engine_url=url,
+                event_engine_url=url if isinstance(url, str) else url[index],
                 event_engine_stream=stream,
                 **extra,
             )
@@ -393,3 +399,155 @@ async def test_an_unreachable_engine_stops_the_start_with_a_clear_message() -> N
         await engine.start(0)
     assert "hunter2secret" not in str(info.value)
     await engine.close()
+
+
+async def refused_upgrade(url: str) -> Response:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, proxy=None, open_timeout=10)
+    return refused.value.response
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function StreamWriter.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.parametrize("outage", ["stopped", "stalled"])
+async def test_an_upgrade_while_the_engine_does_not_answer_gets_503_then_connects(
+    tmp_path: Path, pg_database: str, caplog: pytest.LogCaptureFixture, outage: str
+) -> None:
+    """Killed or SIGSTOPped engine at the time of the upgrade: 503 with `Retry-After` and
+    the JSON error, one log line per attempt; once the engine is back, the same client
+    connects."""
+    caplog.set_level(logging.WARNING)
+    async with (
+        private_nats(tmp_path / "nats") as engine,
+        servers(tmp_path, pg_database, engine.url, "EVENTS", 1, event_engine_timeout=0.5) as (
+            live,
+            tenants,
+        ),
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        if outage == "stopped":
+            engine.kill()
+        else:
+            engine.pause()
+        caplog.clear()
+        for url in (ws_url(live[0], tenants), ws_url(live[0], tenants, 0)):
+            response = await refused_upgrade(url)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert orjson.loads(response.body) == {
+                "error": "event engine unavailable; retry shortly",
+                "code": "engine_unavailable",
+            }
+        ours = [r for r in caplog.records if r.name.startswith(("cloudpbx", "uvicorn"))]
+        assert len([r for r in ours if "refused" in r.getMessage()]) == 2
+        assert all(r.exc_info is None for r in ours), "a traceback was logged"
+        assert not [r for r in ours if r.levelno >= logging.ERROR]
+        if outage == "stopped":
+            await engine.start()
+        else:
+            engine.resume()
+        seen: dict[int, str] = {}
+        for _ in range(100):  # until the server's link is back (reconnect, pings)
+            with contextlib.suppress(InvalidStatus):
+                async with connect(ws_url(live[0], tenants), proxy=None) as ws:
+                    await live[0].runtime.hub.publish(tenant, tagged("back"))
+                    await asyncio.wait_for(read_until(ws, lambda: len(seen) == 1, seen), 10)
+                    break
+            await asyncio.sleep(0.1)
+        assert tags(seen) == ["back"]
+    gc.collect()
+
+
+@contextlib.asynccontextmanager
+async def one_server_cut_off(
+    tmp_path: Path, database: str, **extra: Any
+) -> AsyncIterator[tuple[list[LiveServer], Tenants, Callable[[], None], Callable[[], None]]]:
+    """Two servers on a private engine, the second through a pipe that can be cut: its
+    follower stops while the first publishes, and resumes when the pipe is restored."""
+    async with (
+        private_nats(tmp_path / "nats") as engine,
+        outage_pipe(engine.port) as pipe,
+        servers(
+            tmp_path, database, [engine.url, pipe.url], "EVENTS", 2,
+            event_engine_timeout=0.5, **extra,
+        ) as (live, tenants),
+    ):  # fmt: skip
+        yield live, tenants, pipe.cut, pipe.restore
+
+
+async def publish_while_cut_off(
+    live: list[LiveServer], tenants: Tenants, cut: Callable[[], None], count: int
+) -> None:
+    """Cut the second server off; the first publishes `count` events, archived."""
+    tenant = await live[0].runtime.tenants.require(tenants.a_name)
+    cut()
+    for n in range(count):
+        await live[0].runtime.hub.publish(tenant, tagged(f"cut{n}"))
+        await hub(live[0]).flush()
+
+
+async def test_a_follower_behind_the_engines_history_gets_the_gap_from_the_archive(
+    tmp_path: Path, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine keeps 5 per PBX; the second server's follower misses 20 (its link is
+    cut), then resumes: its client gets every one, in order, from the archive first."""
+    caplog.set_level(logging.INFO, "cloudpbx.services.engine_hub")
+    async with one_server_cut_off(tmp_path, pg_database, event_engine_history=5) as (
+        live,
+        tenants,
+        cut,
+        restore,
+    ):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        seen: dict[int, str] = {}
+        async with connect(ws_url(live[1], tenants), proxy=None) as ws:
+            for n in range(3):
+                await live[0].runtime.hub.publish(tenant, tagged(f"before{n}"))
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 3, seen), 10)
+            await publish_while_cut_off(live, tenants, cut, 20)
+            restore()
+            reader = asyncio.create_task(read_until(ws, lambda: len(seen) == 33, seen))
+            for n in range(10):  # while the follower reconnects and fills the gap
+                await live[0].runtime.hub.publish(tenant, tagged(f"after{n}"))
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(reader, 20)
+        # At least the 15 the engine dropped while cut off (more when the 10 published
+        # meanwhile pushed more out before the follower was back).
+        filled = re.search(r"(\d+) messages after id \d+ filled from the archive", caplog.text)
+        assert filled is not None and int(filled[1]) >= 15
+        # read_until asserts increasing ids, each once
+        expected = [f"before{n}" for n in range(3)] + [f"cut{n}" for n in range(20)]
+        assert tags(seen) == expected + [f"after{n}" for n in range(10)]
+
+
+async def test_a_gap_the_archive_no_longer_holds_closes_the_clients_with_their_resume_id(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """The archive keeps 10 per PBX and the engine 5; 30 are missed: the client is closed
+    with 4008 naming the last id it got, and its resume from there says partial."""
+    async with one_server_cut_off(
+        tmp_path, pg_database, event_engine_history=5, ws_history_size=10
+    ) as (live, tenants, cut, restore):
+        tenant = await live[0].runtime.tenants.require(tenants.a_name)
+        seen: dict[int, str] = {}
+        async with connect(ws_url(live[1], tenants), proxy=None) as ws:
+            await live[0].runtime.hub.publish(tenant, tagged("before"))
+            await asyncio.wait_for(read_until(ws, lambda: len(seen) == 1, seen), 10)
+            await publish_while_cut_off(live, tenants, cut, 30)
+            restore()
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(read_until(ws, lambda: False, seen), 20)
+        assert tags(seen) == ["before"]  # nothing of the gap's far side slipped through
+        [last_id] = seen
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4008
+        assert closed.value.rcvd.reason.endswith(f"resume with last_event_id={last_id}")
+        async with connect(ws_url(live[1], tenants, last_id), proxy=None) as ws:
+            assert ws.response is not None
+            assert ws.response.headers["x-resume"] == "partial"
+            replayed: dict[int, str] = {}
+            await asyncio.wait_for(read_until(ws, lambda: "cut29" in tags(replayed), replayed), 10)
+        assert 10 <= len(replayed) < 30
+        assert tags(replayed)[-1] == "cut29"

@@ -59,6 +59,9 @@ class Recorder:
     def bus_closed(self) -> None:
         pass
 
+    def missed(self) -> None:
+        raise AssertionError("the in-process hub never misses a message")
+
 
 def record(bus: MemoryBus, tenants: list[Tenant], commits: list[int]) -> list[Any]:
     """Subscribe a Recorder to each tenant's channel; returns the shared log."""

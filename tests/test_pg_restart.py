@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import orjson
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cloudpbx.runtime import build_runtime
 from tests.conftest import Tenants, create_tenants
@@ -102,6 +102,18 @@ class Server:
             assert reply.json()["code"] == "database_unavailable"
         return reply.status_code
 
+    async def upgrade_status(self) -> int:
+        """A resume's upgrade (it reads the stored history): 101, or the refusal's status."""
+        try:
+            async with connect(f"{self.ws_url}&last_event_id=1", proxy=None, open_timeout=10):
+                return 101
+        except InvalidStatus as refused:
+            response = refused.response
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert orjson.loads(response.body)["code"] == "database_unavailable"
+        return response.status_code
+
     async def health(self) -> tuple[int, str]:
         async with httpx.AsyncClient(timeout=10) as c:
             reply = await c.get(f"http://127.0.0.1:{self.port}/healthz")
@@ -148,20 +160,25 @@ class Outage:
     healthy_after_s: float
     health_down: list[tuple[int, str]]
     rest_down: list[int]
+    upgrades_down: list[int]
     rest_after: int
 
 
-async def restart_database(server: Server) -> Outage:
-    """Stop PostgreSQL for DOWN_S, asking /healthz and REST meanwhile; start it again and
-    wait (bounded) for /healthz to say ok."""
+async def restart_database(server: Server, upgrades: bool = False) -> Outage:
+    """Stop PostgreSQL for DOWN_S, asking /healthz and REST (and with `upgrades`, a
+    resume's WebSocket upgrade) meanwhile; start it again and wait (bounded) for /healthz
+    to say ok. (On the default path a resume waits for the database: not asked there.)"""
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(server.pg.stop)
     stopped_at = loop.time()
     health_down: list[tuple[int, str]] = []
     rest_down: list[int] = []
+    upgrades_down: list[int] = []
     while loop.time() - stopped_at < DOWN_S:
         health_down.append(await server.health())
         rest_down.append(await server.rest_status())
+        if upgrades:
+            upgrades_down.append(await server.upgrade_status())
         await asyncio.sleep(0.3)
     await asyncio.to_thread(server.pg.start)
     started_at = loop.time()
@@ -171,7 +188,9 @@ async def restart_database(server: Server) -> Outage:
         await asyncio.sleep(0.1)
     healthy_after_s = loop.time() - started_at
     rest_after = await server.rest_status()
-    return Outage(stopped_at, started_at, healthy_after_s, health_down, rest_down, rest_after)
+    return Outage(
+        stopped_at, started_at, healthy_after_s, health_down, rest_down, upgrades_down, rest_after
+    )
 
 
 def stream_figures(reader: Reader, outage: Outage) -> str:
@@ -189,12 +208,14 @@ def assert_outage_reported(outage: Outage, server: Server) -> None:
     assert all(status == 503 for status, _ in outage.health_down), outage.health_down
     assert all(database.startswith("error") for _, database in outage.health_down)
     assert set(outage.rest_down) == {503}, outage.rest_down
+    assert set(outage.upgrades_down) <= {503}, outage.upgrades_down
     assert outage.healthy_after_s < 30
     assert outage.rest_after == 200
     log = server.log.read_text()
     assert "database unavailable on GET /cdr" in log
     assert "Exception in ASGI application" not in log  # no traceback per refused request
     assert "unhandled error" not in log
+    assert "WebSocket handshake" not in log  # api/pbx_socket.py's line for a failed upgrade
 
 
 async def stored_messages(conn: asyncpg.Connection, pbx_name: str) -> dict[int, str]:
@@ -281,13 +302,14 @@ async def test_database_restart_with_the_engine(tmp_path: Path) -> None:
         task = asyncio.create_task(reader.run())
         try:
             await reader.wait_for(10)
-            outage = await restart_database(server)
+            outage = await restart_database(server, upgrades=True)
             await reader.wait_for(10, beyond=reader.last_id)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         assert_outage_reported(outage, server)
+        assert outage.upgrades_down, "no resume tried while the database was down"
         assert reader.closes == [], reader.closes  # delivery never needed the database
         during = [i for at, i, _ in reader.got if outage.stopped_at < at < outage.started_at]
         assert during, "no event reached the client while the database was down"
@@ -298,6 +320,7 @@ async def test_database_restart_with_the_engine(tmp_path: Path) -> None:
             f"database down {outage.started_at - outage.stopped_at:.1f} s, "
             f"{len(during)} messages delivered meanwhile; /healthz ok "
             f"{outage.healthy_after_s:.2f} s after the start; {stream_figures(reader, outage)} "
-            "(the engine's ids are its stream's, shared by the PBXes: skips are not losses)"
+            "(the engine's ids are its stream's, shared by the PBXes: skips are not losses); "
+            f"upgrades meanwhile {outage.upgrades_down}"
         )
         await assert_fresh_replay_matches(server, reader)

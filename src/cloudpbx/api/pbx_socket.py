@@ -211,6 +211,18 @@ class PbxSocket(asyncio.Protocol):
         self._bus = None
         self.shutdown()
 
+    def missed(self) -> None:
+        """Messages of the channel never reached this process (the engine dropped them and
+        the archive lacks them): closed as a slow client is, 4008 naming the last id
+        written, so that the client resumes and is told `X-Resume: partial`."""
+        if self._pending is not None:  # still writing its backlog: as an overflow
+            self._overflowed = True
+            self._pending.clear()
+            self._leave()
+            self._wake_writer()
+        else:
+            self._cut_off("messages missed")
+
     # -- api/ws.py --------------------------------------------------------------------
 
     def join(self, bus: EventBus, channel: str) -> None:
@@ -268,8 +280,11 @@ class PbxSocket(asyncio.Protocol):
         self.resume_id = sent
 
     def _too_slow(self) -> None:
-        reason = resume_reason("too slow", self.resume_id)
-        log.info("closing a slow WebSocket client: %s", reason)
+        self._cut_off("too slow")
+
+    def _cut_off(self, why: str) -> None:
+        reason = resume_reason(why, self.resume_id)
+        log.info("closing a WebSocket client (4008): %s", reason)
         self._close(CLOSE_TOO_SLOW, reason, self.drain_timeout)
 
     def _close(self, code: int, reason: str, patience: float) -> None:

@@ -12,6 +12,11 @@
 - Followers are ordered push consumers from a given sequence. After a reconnection (the
   engine restarted, or the link stalled and pings failed) each starts again after the last
   id it handed over, so nothing is skipped or repeated.
+- A follower further behind than the history finds messages gone. Ids are the stream's
+  sequence (shared by every PBX), so a jump between two ids says nothing; but messages
+  are only dropped from a full subject, oldest first: when the next message handed over
+  after id L is the oldest the subject holds (`num_pending` + 1 ≥ history), messages of
+  the PBX after L may have been dropped, and the owner's `fill_gap` runs first.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from cloudpbx.ports.engine import EngineMessage, EngineRange, Outgoing
+from cloudpbx.ports.engine import EngineMessage, EngineNotAnswering, EngineRange, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,30 @@ START_PATIENCE = 5
 """How many `timeout`s the first connection may take before the server gives up."""
 
 
+NOT_ANSWERING: tuple[type[Exception], ...] = (
+    asyncio.TimeoutError,  # nats.errors.TimeoutError too
+    ConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""What a stopped, stalled or reconnecting engine (or link) raises: `EngineNotAnswering`."""
+
+
 class EngineUnavailable(RuntimeError):
     """The engine cannot be reached or has no JetStream: the server does not start."""
+
+
+@contextlib.contextmanager
+def _answering(what: str) -> Iterator[None]:
+    try:
+        yield
+    except NOT_ANSWERING as exc:
+        raise EngineNotAnswering(f"event engine did not answer ({what}): {exc!r}") from None
 
 
 class JetStreamFollower:
@@ -55,10 +84,14 @@ class JetStreamFollower:
         pbx_id: int,
         after_id: int,
         deliver: Callable[[list[EngineMessage]], None],
+        fill_gap: Callable[[int, int], Awaitable[None]],
     ) -> None:
         self._engine = engine
         self._pbx_id = pbx_id
         self._deliver = deliver
+        self._fill_gap = fill_gap
+        self._in_order = asyncio.Lock()
+        """Held while a gap is filled: a restarted subscription's callback waits for it."""
         self._last_id = after_id
         self._batch: list[EngineMessage] = []
         self._subscription: Subscription | None = None
@@ -103,13 +136,24 @@ class JetStreamFollower:
                 await asyncio.sleep(RESTART_PAUSE)
 
     async def _on_message(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
-        if sequence <= self._last_id or self._stopped:
-            return  # a consumer restarted a little early: already delivered
+        async with self._in_order:
+            metadata = msg.metadata
+            sequence = metadata.sequence.stream
+            if sequence <= self._last_id or self._stopped:
+                return  # a consumer restarted a little early: already delivered
+            if sequence > self._last_id + 1 and metadata.num_pending + 1 >= self._engine.history:
+                # The oldest message the PBX's subject holds: some after _last_id may be gone.
+                self._hand_over()  # what came before it first
+                await self._fill_gap(self._last_id, sequence)
+                if sequence <= self._last_id or self._stopped:
+                    return
+            self._take(sequence, msg.data)
+
+    def _take(self, sequence: int, data: bytes) -> None:
         self._last_id = sequence
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._hand_over)
-        self._batch.append(EngineMessage(sequence, msg.data))
+        self._batch.append(EngineMessage(sequence, data))
 
     def _hand_over(self) -> None:
         batch, self._batch = self._batch, []
@@ -146,6 +190,11 @@ class JetStreamEngine:
         if self._js is None:
             raise RuntimeError("the event engine is not started")
         return self._js
+
+    @property
+    def history(self) -> int:
+        """Messages kept per PBX."""
+        return self._history
 
     def subject(self, pbx_id: int) -> str:
         return f"{self._stream}.pbx.{pbx_id}"
@@ -242,18 +291,24 @@ class JetStreamEngine:
         return ids + [None] * (len(batch) - len(ids))
 
     async def newest(self) -> int:
-        info = await self.js.stream_info(self._stream)
+        with _answering("stream info"):
+            info = await self.js.stream_info(self._stream)
         return int(info.state.last_seq)
 
     async def newest_of(self, pbx_id: int) -> int:
         try:
-            last = await self.js.get_last_msg(self._stream, self.subject(pbx_id))
+            with _answering("last message"):
+                last = await self.js.get_last_msg(self._stream, self.subject(pbx_id))
         except NotFoundError:
             return 0
         return int(last.seq or 0)
 
     async def read_after(self, pbx_id: int, after_id: int) -> EngineRange:
         """Reads up to the PBX's newest id as of the call, through a short-lived consumer."""
+        with _answering("history"):
+            return await self._read_after(pbx_id, after_id)
+
+    async def _read_after(self, pbx_id: int, after_id: int) -> EngineRange:
         newest = await self.newest_of(pbx_id)
         if newest <= after_id:
             return EngineRange([], newest)
@@ -278,10 +333,15 @@ class JetStreamEngine:
         return EngineRange(messages, newest)
 
     async def follow(
-        self, pbx_id: int, after_id: int, deliver: Callable[[list[EngineMessage]], None]
+        self,
+        pbx_id: int,
+        after_id: int,
+        deliver: Callable[[list[EngineMessage]], None],
+        fill_gap: Callable[[int, int], Awaitable[None]],
     ) -> JetStreamFollower:
-        follower = JetStreamFollower(self, pbx_id, after_id, deliver)
-        await follower.subscribe()
+        follower = JetStreamFollower(self, pbx_id, after_id, deliver, fill_gap)
+        with _answering("subscribe"):
+            await follower.subscribe()
         self._followers.add(follower)
         return follower
 

@@ -41,6 +41,10 @@ class MemoryBus:
         for sink in tuple(sinks):
             sink.deliver(batch)
 
+    def cut_off(self, channel: str) -> None:
+        for sink in tuple(self._channels.get(channel, ())):  # each one leaves
+            sink.missed()
+
     def subscribe(self, channel: str, sink: Sink) -> None:
         self._channels.setdefault(channel, {})[sink] = None
 

@@ -49,6 +49,11 @@ class Sink(Protocol):
         """The bus is shutting down: nothing more will come."""
         ...
 
+    def missed(self) -> None:
+        """Messages of the channel were lost on their way to this process (docs/
+        operations.md, "Event engine"): the subscriber must resume elsewhere."""
+        ...
+
 
 class EventBus(Protocol):
     """Fan-out of wire messages; never blocks the publisher on a slow subscriber."""
@@ -57,6 +62,10 @@ class EventBus(Protocol):
         """Fan a committed batch of one channel out to this process's subscribers, in
         order, without waiting: the one path every local delivery takes (the hub's group
         commit, and a cross-process engine's reader)."""
+        ...
+
+    def cut_off(self, channel: str) -> None:
+        """Tell every subscriber of the channel that messages were lost (`Sink.missed`)."""
         ...
 
     def subscribe(self, channel: str, sink: Sink) -> None: ...

@@ -9,9 +9,14 @@ reader sees them in the same order. A message's `text` is the JSON of its WebSoc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class EngineNotAnswering(Exception):
+    """The engine did not answer a read in time (stopped, stalled, reconnecting): a
+    passing state, for which a client is told to retry, never a bug of ours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,9 @@ class Follower(Protocol):
 
 
 class EventEngine(Protocol):
+    """`newest`, `newest_of`, `read_after` and `follow` raise `EngineNotAnswering` when
+    the engine does not answer in time."""
+
     async def start(self, id_floor: int) -> None:
         """Connect, and make sure new ids are above `id_floor` (ids the database holds)."""
         ...
@@ -68,10 +76,18 @@ class EventEngine(Protocol):
         ...
 
     async def follow(
-        self, pbx_id: int, after_id: int, deliver: Callable[[list[EngineMessage]], None]
+        self,
+        pbx_id: int,
+        after_id: int,
+        deliver: Callable[[list[EngineMessage]], None],
+        fill_gap: Callable[[int, int], Awaitable[None]],
     ) -> Follower:
         """Hand every message of the PBX with id > after_id to `deliver`, in id order,
-        each once, across reconnections, until stopped."""
+        each once, across reconnections, until stopped. When the follower fell so far
+        behind that the engine may have dropped some of the PBX's messages between two
+        ids it hands over, `fill_gap(after, before)` is awaited in between (everything
+        before it delivered, nothing after it yet): the owner finds them elsewhere or
+        tells the readers they were missed."""
         ...
 
     def health(self) -> str:

@@ -218,7 +218,12 @@ class EngineHub:
         channel = channel_name(tenant.name)
         # From the log's newest id: the caller reads anything older from the history.
         after = await self._engine.newest()
-        follower = await self._engine.follow(tenant.id, after, partial(self._deliver, channel))
+        follower = await self._engine.follow(
+            tenant.id,
+            after,
+            partial(self._deliver, channel),
+            partial(self._fill_gap, tenant.id, channel),
+        )
         reader = _Reader(channel, follower)
         self._readers[tenant.id] = reader
         await self._catch_up_archive(tenant, channel, after)
@@ -243,6 +248,34 @@ class EngineHub:
             self._unarchived.setdefault(tenant.id, [])[:0] = missing
             if self._archiver is None or self._archiver.done():
                 self._archiver = asyncio.create_task(self._archive_soon(), name="engine-archive")
+
+    async def _fill_gap(self, pbx_id: int, channel: str, after_id: int, before_id: int) -> None:
+        """The follower fell behind the engine's history: deliver the PBX's messages
+        between the two ids from the archive (and what this process has not archived
+        yet), or, when the archive cannot say it has them all, cut the channel's local
+        clients off (4008 naming their last id) so that they resume and are told."""
+        try:
+            async with self._archive_lock:  # this process's messages in a write: wait
+                archived = await self._archive.after(pbx_id, after_id, before_id)
+                bounds = await self._archive.bounds(pbx_id)
+                mine = [m for m in self._unarchived.get(pbx_id, ()) if after_id < m.id < before_id]
+        except Exception as exc:
+            log.warning("PBX %d: cannot read the archive to fill a gap: %r", pbx_id, exc)
+            complete = False
+        else:
+            complete = bounds.count < self._history_size or bounds.oldest <= after_id + 1
+        if not complete:
+            log.warning(
+                "PBX %d: this process missed messages after id %d that the archive cannot "
+                "give; its clients are closed to resume", pbx_id, after_id,
+            )  # fmt: skip
+            self._bus.cut_off(channel)
+            return
+        found = {m.id: m for m in archived + mine}
+        if found:
+            log.info("PBX %d: %d messages after id %d filled from the archive",
+                     pbx_id, len(found), after_id)  # fmt: skip
+            self._bus.publish_batch(channel, [found[i] for i in sorted(found)])
 
     def _deliver(self, channel: str, batch: list[EngineMessage]) -> None:
         messages = [WireMessage(m.id, wire_data(m.id, channel, m.text)) for m in batch]
