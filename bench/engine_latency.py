@@ -26,6 +26,7 @@ import orjson
 
 from cloudpbx.domain.events import SmsSendResponse
 from cloudpbx.domain.states import SmsStatus
+from cloudpbx.ports.bus import FramedBatch
 from cloudpbx.runtime import Runtime, build_runtime
 from cloudpbx.settings import Settings
 
@@ -45,23 +46,39 @@ async def admin(sql: str) -> None:
         await conn.close()
 
 
+class Stamper:
+    """A bus sink (ports.bus.Sink) that notes when each tagged message reaches it."""
+
+    def __init__(self, sent: dict[str, float], count: int) -> None:
+        self.sent = sent
+        self.latencies: list[float] = []
+        self.done = asyncio.get_running_loop().create_future()
+        self.count = count
+
+    def deliver(self, batch: FramedBatch) -> None:
+        now = time.perf_counter()
+        for message in batch.messages:
+            tag = orjson.loads(message.data)["text"]["smsSendResponse"]["MsgId"]
+            self.latencies.append(now - self.sent.pop(tag))
+        if len(self.latencies) >= self.count and not self.done.done():
+            self.done.set_result(None)
+
+    def missed(self) -> None:
+        raise RuntimeError("the bench's subscriber missed messages (the engine dropped them)")
+
+    def bus_closed(self) -> None:
+        pass
+
+
 async def one_run(runtime: Runtime, pbx: str) -> tuple[list[float], float]:
     """Latencies, and CPU seconds of this process per event (load-independent)."""
     tenant = await runtime.tenants.require(pbx)
-    subscription = runtime.bus.subscribe(f"pbx_{pbx}", 100_000)
-    await runtime.hub.last_id(tenant)  # the engine hub starts the channel's follower here
     sent: dict[str, float] = {}
-    latencies: list[float] = []
     count = round(RATE * SECONDS)
-
-    async def receive() -> None:
-        while len(latencies) < count:
-            for message in await subscription.next_batch():
-                now = time.perf_counter()
-                tag = orjson.loads(message.data)["text"]["smsSendResponse"]["MsgId"]
-                latencies.append(now - sent.pop(tag))
-
-    receiver = asyncio.create_task(receive())
+    channel = f"pbx_{pbx}"
+    stamper = Stamper(sent, count)
+    runtime.bus.subscribe(channel, stamper)
+    await runtime.hub.last_id(tenant)  # the engine hub starts the channel's follower here
     cpu = time.process_time()
     start = time.perf_counter()
     for index in range(count):
@@ -70,11 +87,11 @@ async def one_run(runtime: Runtime, pbx: str) -> tuple[list[float], float]:
         tag = secrets.token_hex(6)
         sent[tag] = time.perf_counter()
         await runtime.hub.publish(tenant, [SmsSendResponse(tag, "48500100200", SmsStatus.SENT)])
-    await asyncio.wait_for(receiver, 30)
+    await asyncio.wait_for(stamper.done, 30)
     await runtime.hub.flush()  # the database work is part of the cost
     cpu = time.process_time() - cpu
-    subscription.close()
-    return latencies, cpu / count
+    runtime.bus.unsubscribe(channel, stamper)
+    return stamper.latencies, cpu / count
 
 
 async def delete_stream(stream: str) -> None:
