@@ -179,7 +179,7 @@ async def test_resume_on_another_server_from_engine_and_archive(
         async with connect(ws_url(live[0], tenants), proxy=None) as ws:
             for n in range(20):
                 # One at a time: a follower more than the engine's history behind would
-                # find messages gone (docs/operations.md, sizing).
+                # take the gap-filling path, tested on its own below.
                 await live[0].runtime.hub.publish(tenant, tagged(f"m{n}"))
                 await asyncio.wait_for(read_until(ws, lambda n=n: len(seen) > n, seen), 10)
         await hub(live[0]).flush()  # archived (the sender does it at once; wait for it)
