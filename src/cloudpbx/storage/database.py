@@ -67,3 +67,12 @@ def _rollback_if_in_transaction(dbapi_connection: Any, _record: Any, state: Any)
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The path of `engine`'s SQLite file, for connections of our own beside the pool;
+    None for other databases and for `:memory:` (a private database per connection)."""
+    url = make_url(str(engine.url))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return url.database

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +20,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cloudpbx.ports.bus import WireMessage
 from cloudpbx.storage.tables import event, event_chunk, event_log, pbx
 from cloudpbx.storage.tenants import utcnow
+
+_ADOPT_SQL = (
+    # Chunks hold [[id, data], ...] of one PBX; log rows [[pbx_id, id, data], ...] of many
+    # (of PBXes that may be gone since: only existing ones are taken).
+    "INSERT INTO event (pbx_id, id, data, created_at) "
+    "SELECT c.pbx_id, (m ->> 0)::bigint, m ->> 1, now() AT TIME ZONE 'UTC' "
+    "FROM event_chunk AS c, json_array_elements(c.data::json) AS m "
+    "ON CONFLICT DO NOTHING",
+    "INSERT INTO event (pbx_id, id, data, created_at) "
+    "SELECT (m ->> 0)::integer, (m ->> 1)::bigint, m ->> 2, now() AT TIME ZONE 'UTC' "
+    "FROM event_log AS l, json_array_elements(l.data::json) AS m "
+    "WHERE (m ->> 0)::integer IN (SELECT id FROM pbx) "
+    "ON CONFLICT DO NOTHING",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,31 +52,15 @@ class EventArchive:
     async def adopt_single_process_history(self) -> int:
         """Take what the single-process hub stored (its log and per-PBX chunks,
         storage/events.py) into the archive's rows, so that a resume after switching to
-        the engine finds it; returns how many messages were taken. Once, at start-up."""
-        taken = 0
+        the engine finds it; returns how many rows were added. Once, at start-up, in SQL:
+        however long that history is, it never passes through this process's memory."""
         async with self._engine.begin() as conn:
-            logged = (await conn.execute(select(event_log.c.data))).scalars().all()
-            chunks = (await conn.execute(select(event_chunk.c.pbx_id, event_chunk.c.data))).all()
-            rows = [
-                {"pbx_id": p, "id": i, "data": d}
-                for data in logged
-                for p, i, d in orjson.loads(data)
-            ]
-            rows += [
-                {"pbx_id": chunk.pbx_id, "id": i, "data": d}
-                for chunk in chunks
-                for i, d in orjson.loads(chunk.data)
-            ]
-            if rows:
-                now = utcnow()
-                known = set((await conn.execute(select(pbx.c.id))).scalars().all())
-                rows = [{**row, "created_at": now} for row in rows if row["pbx_id"] in known]
-                if rows:
-                    await conn.execute(insert(event).on_conflict_do_nothing(), rows)
-                taken = len(rows)
+            added = 0
+            for statement in _ADOPT_SQL:
+                added += int((await conn.exec_driver_sql(statement)).rowcount or 0)
             await conn.execute(delete(event_log))
             await conn.execute(delete(event_chunk))
-        return taken
+        return added
 
     async def id_floor(self) -> int:
         """The highest event id any PBX ever handed out or stored."""

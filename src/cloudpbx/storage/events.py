@@ -227,8 +227,10 @@ class EventStore:
     async def prune(self, pbx_id: int, keep_after_id: int) -> int:
         """Drop stored messages with id ≤ keep_after_id (a chunk reaching past it keeps its
         newer part); returns how many rows went. The log is merged first: what it holds
-        would otherwise escape this prune."""
-        await self.merge()
+        would otherwise escape this prune (once: a round of prunes over many PBXes merges
+        before the first, and again only if something was appended meanwhile)."""
+        if self._since_merge:
+            await self.merge()
         of_pbx = event_chunk.c.pbx_id == pbx_id
         straddling = select(event_chunk.c.seq, event_chunk.c.data).where(
             of_pbx, event_chunk.c.first_id <= keep_after_id, event_chunk.c.last_id > keep_after_id

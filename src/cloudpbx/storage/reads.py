@@ -11,8 +11,10 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import Select
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cloudpbx.storage.database import sqlite_file
 
 
 class Read:
@@ -104,10 +106,8 @@ class SqliteReaders:
     @classmethod
     def for_engine(cls, engine: AsyncEngine, size: int = 4) -> SqliteReaders | None:
         """Readers on `engine`'s SQLite file; None for other databases (and `:memory:`)."""
-        url = make_url(str(engine.url))
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return cls(url.database, size)
+        path = sqlite_file(engine)
+        return None if path is None else cls(path, size)
 
     async def first(self, read: Read, params: Mapping[str, object]) -> Sequence[Any] | None:
         """`read`'s first row, or None."""

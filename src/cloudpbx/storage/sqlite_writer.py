@@ -16,8 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudpbx.storage.database import sqlite_file
 
 T = TypeVar("T")
 
@@ -33,10 +34,8 @@ class SqliteWriter:
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> SqliteWriter | None:
         """A writer on `engine`'s SQLite file; None for other databases (and `:memory:`)."""
-        url = make_url(str(engine.url))
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return cls(url.database)
+        path = sqlite_file(engine)
+        return None if path is None else cls(path)
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work(connection)` on the writer's thread, after what was submitted before."""
